@@ -1,0 +1,51 @@
+"""Numeric precision and attention kernel for the device a model runs on.
+
+CUDA runs bf16 with flash-attention 2 when it is installed (else SDPA), MPS runs fp16 and the CPU
+fp32; whatever the user puts in ``model_kwargs`` wins. Only precision follows the device: the
+embedding mode never does.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+_PREFERRED_DTYPE = {"cuda": torch.bfloat16, "mps": torch.float16}
+
+
+def preferred_dtype(device: str | torch.device) -> torch.dtype:
+    """The dtype UME-R1 runs in on ``device``."""
+    return _PREFERRED_DTYPE.get(torch.device(device).type, torch.float32)
+
+
+def preferred_attention(device: str | torch.device, dtype: torch.dtype) -> str:
+    """flash_attention_2 on CUDA in half precision when installed, else SDPA."""
+    from transformers.utils import is_flash_attn_2_available
+
+    if torch.device(device).type == "cuda" and dtype in (torch.float16, torch.bfloat16):
+        if is_flash_attn_2_available():
+            return "flash_attention_2"
+    return "sdpa"
+
+
+def resolve_dtype(value: Any) -> torch.dtype | str | None:
+    """Accept ``torch.bfloat16``, ``"bfloat16"`` or ``"auto"`` alike."""
+    if isinstance(value, str) and value != "auto":
+        resolved = getattr(torch, value, None)
+        if not isinstance(resolved, torch.dtype):
+            raise ValueError(f"unknown dtype {value!r}")
+        return resolved
+    return value
+
+
+def model_load_kwargs(device: str | torch.device, model_kwargs: dict[str, Any] | None) -> dict[str, Any]:
+    """``from_pretrained`` kwargs for ``device``, the user's ``model_kwargs`` taking precedence."""
+    kwargs = dict(model_kwargs or {})
+    if "torch_dtype" in kwargs:
+        kwargs.setdefault("dtype", kwargs.pop("torch_dtype"))
+    kwargs["dtype"] = resolve_dtype(kwargs.get("dtype")) or preferred_dtype(device)
+    if "attn_implementation" not in kwargs:
+        dtype = kwargs["dtype"] if isinstance(kwargs["dtype"], torch.dtype) else torch.float32
+        kwargs["attn_implementation"] = preferred_attention(device, dtype)
+    return kwargs
