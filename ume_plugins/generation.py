@@ -72,7 +72,8 @@ def build_generation_config(
         ValueError: An override that would break embedding capture, or that ``generate`` does not know.
     """
     for key, why in _FORBIDDEN_GENERATION_KWARGS.items():
-        if key in overrides and overrides[key] not in (None, False, 1):
+        value = overrides.get(key)
+        if value is True or (type(value) is int and value > 1):
             raise ValueError(f"generation_kwargs[{key!r}] is not supported: {why}")
     config = copy.deepcopy(base)
     config.max_new_tokens = max_new_tokens

@@ -70,6 +70,8 @@ def smart_resize(height: int, width: int, min_pixels: int, max_pixels: int) -> t
 
 def to_rgb(image: Image.Image) -> Image.Image:
     """RGB pixels; transparent images are composited over white, 16/32-bit ones rescaled."""
+    if image.mode == "RGB":
+        return image
     if image.mode in ("I;16", "I;16B", "I;16L", "I;16N"):
         image = Image.fromarray((np.asarray(image, dtype=np.uint32) >> 8).astype(np.uint8), mode="L")
     elif image.mode in ("I", "F"):
