@@ -11,7 +11,7 @@ from PIL import Image
 
 from tests.conftest import gradient, solid, write_video
 from ume_plugins.errors import UMEInputError
-from ume_plugins.inputs import InputPolicy, describe, load
+from ume_plugins.inputs import InputPolicy, describe, load, located, origin_of, read
 from ume_plugins.media import PixelPolicy
 
 POLICY = InputPolicy()
@@ -176,3 +176,28 @@ def test_corrupt_and_directory_and_empty_files(tmp_path: Path):
 def test_extreme_aspect_ratio_is_rejected():
     with pytest.raises(UMEInputError, match="aspect ratio"):
         parse(solid((0, 0, 0), (1, 300)))
+
+
+def test_a_decoded_item_is_accepted_as_is():
+    item = parse(gradient((84, 56)))
+    assert read(item, POLICY) is item
+    assert describe(item, POLICY).images[0].value is item.images[0]
+
+
+def test_nested_located_blocks_name_the_outermost_index():
+    undecodable = b"not an image"
+    with located(["ok", undecodable], POLICY, indices=[40, 41]), located([undecodable], POLICY):
+        assert origin_of(undecodable, 0) == 41
+    with pytest.raises(UMEInputError, match="^Input 41: got None"), located(["ok", None], POLICY, indices=[40, 41]):
+        pass
+
+
+def test_a_stream_can_be_read_again():
+    stream = io.BytesIO(png_bytes(gradient()))
+    assert describe(stream, POLICY).images[0].value == describe(stream, POLICY).images[0].value
+
+
+def test_video_frames_above_the_decoding_cap_are_refused_before_decoding(files):
+    capped = InputPolicy(pixels=PixelPolicy(max_decoded_pixels=56 * 56 - 1))
+    with pytest.raises(UMEInputError, match="56x56 pixels, above the 3135-pixel decoding cap"):
+        parse(files / "clip.mp4", capped)

@@ -1,113 +1,202 @@
-"""Command line: ``ume-plugins encode`` (the main job) and ``ume-plugins build-tiny``."""
+"""Command line: ``ume-plugins encode`` (the main job) and ``ume-plugins build-tiny``.
+
+``encode`` never lets one input cost the rest of the job, nor a crash the finished work: an input
+that cannot be read is skipped and recorded in ``errors.jsonl``, and the output is written in
+chunks that a re-run of the same command resumes from (see :mod:`ume_plugins.jobs`).
+"""
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import logging
+import math
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from ume_plugins.inputs import IMAGE_EXTENSIONS, VIDEO_EXTENSIONS
+import numpy as np
+from tqdm import tqdm
+from tqdm.contrib.logging import logging_redirect_tqdm
+
+from ume_plugins.errors import UMEInputError
+from ume_plugins.inputs import Item, located, read
+from ume_plugins.jobs import SUMMARY, Chunk, JobFolder
+from ume_plugins.records import TextFile, read_records
+
+if TYPE_CHECKING:
+    from sentence_transformers import SentenceTransformer
 
 logger = logging.getLogger("ume_plugins.cli")
-TEXT_EXTENSIONS = frozenset({".txt", ".md"})
 _RANDOM_WEIGHTS_NOTICE = (
     "NOTE: ume-r1-tiny has RANDOM weights. Its vectors and reasoning are meaningless; "
     "they only show that the pipeline runs. Use --model ume-r1 (or ume-r1-7b) for real embeddings."
 )
 
 
-def read_records(source: Path) -> list[tuple[str, Any]]:
-    """Inputs of a job as ``(id, raw input)`` pairs.
-
-    A ``.jsonl`` file holds one object per line with optional ``id`` and any of ``text``,
-    ``image`` (path, URL or list) and ``video`` (path, URL or list of frame paths); relative paths
-    are resolved against the file's folder. A folder contributes its images, videos and
-    ``.txt``/``.md`` texts (sorted, recursively), each identified by its relative path.
-
-    Raises:
-        ValueError: A malformed JSONL line, or nothing to embed.
-    """
-    if source.is_dir():
-        records = []
-        for path in sorted(p for p in source.rglob("*") if p.is_file()):
-            suffix = path.suffix.lower()
-            key = path.relative_to(source).as_posix()
-            if suffix in IMAGE_EXTENSIONS or suffix in VIDEO_EXTENSIONS:
-                records.append((key, path))
-            elif suffix in TEXT_EXTENSIONS:
-                records.append((key, {"text": path.read_text(encoding="utf-8")}))
-    else:
-        records = [_jsonl_record(line, number, source.parent) for number, line in _jsonl_lines(source)]
-    if not records:
-        raise ValueError(f"nothing to embed in {source}")
-    return records
-
-
-def _jsonl_lines(path: Path) -> list[tuple[int, str]]:
-    with path.open(encoding="utf-8") as file:
-        return [(number, line) for number, line in enumerate(file, start=1) if line.strip()]
-
-
-def _jsonl_record(line: str, number: int, base: Path) -> tuple[str, Any]:
-    try:
-        row = json.loads(line)
-    except json.JSONDecodeError as error:
-        raise ValueError(f"line {number}: invalid JSON ({error.msg})") from None
-    if not isinstance(row, dict):
-        raise ValueError(f"line {number}: expected a JSON object")
-    key = str(row.pop("id", number))
-    for field in ("image", "video"):
-        if field in row:
-            row[field] = _resolve_paths(row[field], base)
-    return key, row
-
-
-def _resolve_paths(value: Any, base: Path) -> Any:
-    if isinstance(value, list):
-        return [_resolve_paths(entry, base) for entry in value]
-    if isinstance(value, str) and not value.startswith(("http://", "https://", "data:", "file://")):
-        path = Path(value)
-        return str(path if path.is_absolute() else base / path)
-    return value
-
-
 def encode_job(args: argparse.Namespace) -> int:
-    """Run ``ume-plugins encode``."""
-    import numpy as np
-
+    """Run ``ume-plugins encode``: resume or start the job, then assemble its output."""
     from ume_plugins.loading import load
-    from ume_plugins.module import encode_with_reasoning
 
-    records = read_records(Path(args.input))
+    source = Path(args.input)
+    records = read_records(source)
     if args.model.strip().lower() == "ume-r1-tiny":
         print(_RANDOM_WEIGHTS_NOTICE, file=sys.stderr)
-    settings = {"max_new_tokens": args.max_new_tokens} if args.max_new_tokens else {}
+    settings: dict[str, Any] = {"max_new_tokens": args.max_new_tokens, "max_length": args.max_length}
+    settings = {key: value for key, value in settings.items() if value is not None}
+    if args.no_network:
+        settings["allow_network"] = False
     model = load(args.model, mode=args.mode, device=args.device, **settings)
-    mode = model[0].mode
-    inputs = [raw for _, raw in records]
-    encode_kwargs = {"batch_size": args.batch_size, "show_progress_bar": True, "prompt": args.instruction}
+    module = model[0]
+    dim = module.get_embedding_dimension()
+    chunk_count = math.ceil(len(records) / args.chunk_size)
     output = Path(args.output)
-    output.mkdir(parents=True, exist_ok=True)
-    rows = [{"id": key} for key, _ in records]
-    if mode == "discriminative":
-        embeddings = model.encode(inputs, **encode_kwargs)
-    else:
-        result = encode_with_reasoning(model, inputs, **encode_kwargs)
-        embeddings = result.embeddings
-        for row, reasoning, forced in zip(rows, result.reasoning, result.forced, strict=True):
-            row.update(reasoning=reasoning, gen_emb_forced=forced)
-    np.save(output / "embeddings.npy", np.asarray(embeddings, dtype=np.float32))
-    with (output / "records.jsonl").open("w", encoding="utf-8") as file:
-        for row in rows:
-            file.write(json.dumps(row, ensure_ascii=False) + "\n")
-    summary = {"model": args.model, "mode": mode, "count": len(rows), "dim": int(embeddings.shape[1])}
-    (output / "run.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
-    print(f"Embedded {len(rows)} inputs ({mode}, dim {summary['dim']}) into {output}")
+    folder = JobFolder(output, _job_definition(args, source, records, model), chunk_count, dim)
+    if folder.is_finished:
+        folder.clean()
+        print(f"Nothing to do: {output} already holds this job's finished output")
+        return 0
+    done = folder.finished_chunks()
+    already = sum(len(_chunk_slice(records, index, args.chunk_size)) for index in done)
+    if done:
+        print(f"Resuming: {len(done)} of {chunk_count} chunks already done", file=sys.stderr)
+    bar = tqdm(total=len(records), initial=already, unit="input", desc="Encoding", disable=args.no_progress)
+    with bar, logging_redirect_tqdm():
+        for index in sorted(set(range(chunk_count)) - done):
+            start = index * args.chunk_size
+            chunk = encode_chunk(
+                model, _chunk_slice(records, index, args.chunk_size), start, args.instruction, args.batch_size, bar
+            )
+            folder.save_chunk(index, chunk)
+    folder.assemble({"model": args.model, "mode": module.mode, "dim": dim, "inputs": len(records)})
+    folder.clean()
+    summary = json.loads((output / SUMMARY).read_text(encoding="utf-8"))
+    skipped = f"; skipped {summary['skipped']} (see errors.jsonl)" if summary["skipped"] else ""
+    print(f"Embedded {summary['count']} inputs ({module.mode}, dim {dim}) into {output}{skipped}")
     return 0
+
+
+def encode_chunk(
+    model: SentenceTransformer,
+    records: Sequence[tuple[str, Any]],
+    start: int,
+    instruction: str | None,
+    batch_size: int,
+    progress: tqdm,
+) -> Chunk:
+    """Embed one slice of the job's inputs, skipping (and recording) those that cannot be read.
+
+    Args:
+        model: The UME-R1 SentenceTransformer.
+        records: The slice's ``(id, raw input)`` pairs.
+        start: Index of the slice's first input in the job.
+        instruction: Task instruction.
+        batch_size: Inputs per forward pass.
+        progress: Advanced by one per input done or skipped.
+
+    Returns:
+        The slice's records, vectors and skipped inputs, in input order.
+    """
+    policy = model[0].input_policy()
+    decoded: dict[int, Item] = {}
+    errors: dict[int, str] = {}
+    for index, (_, raw) in enumerate(records, start=start):
+        try:
+            decoded[index] = read(raw.load() if isinstance(raw, TextFile) else raw, policy)
+        except UMEInputError as error:
+            errors[index] = error.reason
+        except Exception as error:  # one input must never cost the job; the row keeps the details
+            logger.warning("Input %d: unexpected %s while decoding", index, type(error).__name__, exc_info=True)
+            errors[index] = f"{type(error).__name__}: {error}"
+    progress.update(len(errors))
+    # Inputs of similar size share a batch, so little is padded; the order is a pure function of
+    # the chunk, so a resumed chunk is batched (and computed) exactly as in an uninterrupted run.
+    order = sorted(decoded, key=lambda index: -_size(decoded[index]))
+    results: dict[int, tuple[Any, dict[str, Any]]] = {}
+    for first in range(0, len(order), batch_size):
+        pending = order[first : first + batch_size]
+        while pending:
+            try:
+                results.update(_encode_batch(model, pending, decoded, instruction))
+            except UMEInputError as error:
+                if error.index not in pending:
+                    raise
+                pending.remove(error.index)
+                errors[error.index] = error.reason
+                progress.update(1)
+                continue
+            progress.update(len(pending))
+            break
+    ids = {index: key for index, (key, _) in enumerate(records, start=start)}
+    embedded = sorted(results)
+    vectors = np.stack([results[index][0] for index in embedded]) if embedded else np.zeros((0, 0))
+    return Chunk(
+        records=[{"id": ids[index], **results[index][1]} for index in embedded],
+        errors=[{"index": index, "id": ids[index], "error": errors[index]} for index in sorted(errors)],
+        vectors=vectors.reshape(len(embedded), model[0].get_embedding_dimension()),
+    )
+
+
+def _encode_batch(
+    model: SentenceTransformer, indices: list[int], decoded: dict[int, Item], instruction: str | None
+) -> dict[int, tuple[Any, dict[str, Any]]]:
+    """Vectors (and reasoning, in generative mode) of one batch, by job index."""
+    from ume_plugins.module import encode_with_reasoning
+
+    items = [decoded[index] for index in indices]
+    kwargs = {"prompt": instruction, "batch_size": len(items), "show_progress_bar": False}
+    # Errors and warnings then name the input's index in the job, not in the batch.
+    with located(items, model[0].input_policy(), indices=indices):
+        if model[0].mode == "discriminative":
+            vectors = model.encode(items, **kwargs)
+            extras: list[dict[str, Any]] = [{} for _ in items]
+        else:
+            result = encode_with_reasoning(model, items, **kwargs)
+            vectors = result.embeddings
+            extras = [
+                {"reasoning": reasoning, "gen_emb_forced": forced}
+                for reasoning, forced in zip(result.reasoning, result.forced, strict=True)
+            ]
+    return {index: (vector, extra) for index, vector, extra in zip(indices, vectors, extras, strict=True)}
+
+
+def _size(item: Item) -> int:
+    """A rough token count of an input."""
+    pixels = sum(image.width * image.height for image in item.images)
+    # Qwen2-VL merges two frames per temporal patch.
+    pixels += sum(frame.width * frame.height for frame in item.video or ()) // 2
+    return len(item.text or "") // 4 + pixels // (28 * 28)
+
+
+def _chunk_slice(records: Sequence[tuple[str, Any]], index: int, chunk_size: int) -> Sequence[tuple[str, Any]]:
+    return records[index * chunk_size : (index + 1) * chunk_size]
+
+
+def _job_definition(
+    args: argparse.Namespace, source: Path, records: list[tuple[str, Any]], model: SentenceTransformer
+) -> dict[str, Any]:
+    """Everything that decides the job's output bytes; a folder made under another one is refused."""
+    from ume_plugins import __version__
+
+    module = model[0]
+    listing = json.dumps(records, default=str).encode("ascii")
+    definition = {
+        "input": str(source.resolve()),
+        "inputs": len(records),
+        "inputs_sha256": hashlib.sha256(listing).hexdigest(),
+        "model": args.model,
+        "settings": module.get_config_dict(),
+        "instruction": args.instruction,
+        "batch_size": args.batch_size,
+        "chunk_size": args.chunk_size,
+        "device": module.model.device.type,
+        "dtype": str(module.model.dtype),
+        "ume_plugins": __version__,
+    }
+    # As it reads back from the manifest, so that a comparison sees no tuple-versus-list difference.
+    return json.loads(json.dumps(definition, default=str))
 
 
 def build_tiny_job(args: argparse.Namespace) -> int:
@@ -127,11 +216,21 @@ def parser() -> argparse.ArgumentParser:
     encode = commands.add_parser("encode", help="embed a JSONL file or a folder of images/videos/texts")
     encode.add_argument("input", help="a .jsonl file or a folder")
     encode.add_argument("--model", default="ume-r1", help="alias, hub id or path (default: ume-r1)")
-    encode.add_argument("--output", required=True, help="folder for embeddings.npy, records.jsonl, run.json")
+    encode.add_argument(
+        "--output", required=True, help="folder for embeddings.npy, records.jsonl, errors.jsonl, run.json"
+    )
     encode.add_argument("--mode", choices=["generative", "discriminative", "both"], default=None)
     encode.add_argument("--instruction", default=None, help="task instruction placed before each text")
-    encode.add_argument("--batch-size", type=int, default=8)
-    encode.add_argument("--max-new-tokens", type=int, default=None, help="reasoning budget (generative mode)")
+    encode.add_argument("--batch-size", type=_positive, default=8)
+    encode.add_argument(
+        "--chunk-size", type=_positive, default=64, help="inputs per saved chunk: the most work a crash can lose"
+    )
+    encode.add_argument("--max-new-tokens", type=_positive, default=None, help="reasoning budget (generative mode)")
+    encode.add_argument(
+        "--max-length", type=_positive, default=None, help="longest prompt in tokens; longer texts are truncated"
+    )
+    encode.add_argument("--no-network", action="store_true", help="refuse http(s) URL inputs (they are skipped)")
+    encode.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     encode.add_argument("--device", default=None)
     encode.set_defaults(run=encode_job)
 
@@ -140,6 +239,13 @@ def parser() -> argparse.ArgumentParser:
     tiny.add_argument("--seed", type=int, default=0)
     tiny.set_defaults(run=build_tiny_job)
     return root
+
+
+def _positive(value: str) -> int:
+    number = int(value)
+    if number < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {value}")
+    return number
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -151,6 +257,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ValueError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("interrupted: re-run the same command to resume", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

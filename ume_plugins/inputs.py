@@ -12,7 +12,12 @@ Accepted inputs (mixed freely in one batch):
 - ``numpy.ndarray`` / ``torch.Tensor``: an image (2-D or 3-D) or video frames (4-D, T first);
 - ``dict`` with keys ``text``, ``image`` (one image or a list = several images) and ``video``
   (a file, URL, list of frames or a 4-D frames array); wrap text in ``{"text": ...}`` to embed a
-  string that would otherwise read as a path or URL.
+  string that would otherwise read as a path or URL;
+- :class:`Item`: an input already decoded by :func:`read`, used as is.
+
+Empty or blank text is embedded as an input without text (all such inputs share one vector; a
+warning names them). Text must be valid Unicode: strings holding lone surrogates (undecodable
+bytes smuggled in with ``errors="surrogateescape"``) are rejected.
 """
 
 from __future__ import annotations
@@ -47,8 +52,10 @@ from ume_plugins.media import (
 IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff"})
 VIDEO_EXTENSIONS = frozenset({".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpeg", ".mpg"})
 DICT_KEYS = frozenset({"text", "image", "video"})
+URL_SCHEME = re.compile(r"^(?P<scheme>[a-zA-Z][a-zA-Z0-9+.-]*)://")
 _DATA_URI = re.compile(r"^data:(?P<mime>[\w.+-]+/[\w.+-]+)?(?P<params>(;[^,;]*)*),(?P<payload>.*)$", re.DOTALL)
 _MAX_PATH_CHARS = 4096
+_CHAT_MESSAGES = "chat messages are not accepted; pass {'text': ..., 'image': ..., 'video': ...}"
 
 # id(raw input) -> its index in the list the caller passed, while that list is being encoded.
 _ORIGINS: ContextVar[dict[int, int] | None] = ContextVar("ume_input_origins", default=None)
@@ -115,17 +122,25 @@ class InputPolicy:
 
 
 @contextmanager
-def located(inputs: Sequence[Any], policy: InputPolicy) -> Iterator[None]:
+def located(inputs: Sequence[Any], policy: InputPolicy, indices: Sequence[int] | None = None) -> Iterator[None]:
     """Check every input's structure up front, and name caller indices in errors while encoding.
 
     Batching reorders inputs (by length), so inside this block the index of an input in
-    ``inputs`` is found by identity.
+    ``inputs`` is found by identity. Blocks nest: an input already located by an enclosing block
+    keeps the index that block gave it, so errors name the outermost caller's index.
+
+    Args:
+        inputs: The caller's inputs.
+        policy: How inputs are read.
+        indices: The caller's index of each input; defaults to its position in ``inputs``.
 
     Raises:
         UMEInputError: The first input whose structure is wrong, with its index.
     """
+    enclosing = _ORIGINS.get() or {}
     origins: dict[int, int] = {}
-    for index, raw in enumerate(inputs):
+    for position, raw in enumerate(inputs):
+        index = enclosing.get(id(raw), position if indices is None else indices[position])
         try:
             describe(raw, policy)
         except UMEInputError as error:
@@ -144,12 +159,30 @@ def origin_of(raw: Any, fallback: int) -> int:
     return origins.get(id(raw), fallback) if origins else fallback
 
 
+def read(raw: Any, policy: InputPolicy) -> Item:
+    """Describe and decode one raw input; an :class:`Item` is returned as is.
+
+    Raises:
+        UMEInputError: The input's structure is wrong or its media cannot be decoded.
+    """
+    if isinstance(raw, Item):
+        return raw
+    return load(describe(raw, policy), policy)
+
+
 def describe(raw: Any, policy: InputPolicy) -> InputSpec:
     """Check one raw input's structure without decoding it.
 
     Raises:
-        UMEInputError: Unsupported type, unknown or empty dict, missing file, forbidden URL, ...
+        UMEInputError: Unsupported type, unknown or empty dict, missing or empty file, forbidden
+            URL, text that is not valid Unicode, ...
     """
+    if isinstance(raw, Item):
+        return InputSpec(
+            text=raw.text,
+            images=tuple(Source("pil", image) for image in raw.images),
+            video=None if raw.video is None else tuple(Source("pil", frame) for frame in raw.video),
+        )
     if isinstance(raw, str):
         return _describe_string(raw, policy)
     if isinstance(raw, Mapping):
@@ -165,6 +198,8 @@ def describe(raw: Any, policy: InputPolicy) -> InputSpec:
             return InputSpec(text=None, images=(), video=_existing_file(path))
         return InputSpec(text=None, images=(_existing_file(path),), video=None)
     if isinstance(raw, (list, tuple)):
+        if raw and all(isinstance(entry, Mapping) and "role" in entry for entry in raw):
+            raise UMEInputError(_CHAT_MESSAGES)
         raise UMEInputError(
             f"a nested {type(raw).__name__} is not an input; pass several images as "
             "{'image': [...]} and video frames as {'video': [...]}"
@@ -186,7 +221,7 @@ def load(spec: InputSpec, policy: InputPolicy) -> Item:
 def _describe_string(raw: str, policy: InputPolicy) -> InputSpec:
     source = _media_string(raw, policy, text_allowed=True)
     if source is None:
-        return InputSpec(text=raw, images=(), video=None)
+        return InputSpec(text=_checked_text(raw), images=(), video=None)
     if _is_video_source(source):
         return InputSpec(text=None, images=(), video=source)
     return InputSpec(text=None, images=(source,), video=None)
@@ -198,11 +233,13 @@ def _describe_dict(raw: Mapping, policy: InputPolicy) -> InputSpec:
     unknown = sorted(set(raw) - DICT_KEYS)
     if unknown:
         if {"role", "content"} & set(raw):
-            raise UMEInputError("chat messages are not accepted; pass {'text': ..., 'image': ..., 'video': ...}")
+            raise UMEInputError(_CHAT_MESSAGES)
         raise UMEInputError(f"unknown dict key(s) {unknown}; accepted keys are {sorted(DICT_KEYS)}")
     text = raw.get("text")
     if text is not None and not isinstance(text, str):
         raise UMEInputError(f"'text' must be a string, got {type(text).__name__}")
+    if text is not None:
+        _checked_text(text)
     images_raw = raw.get("image")
     if images_raw is None:
         images: tuple[Source, ...] = ()
@@ -235,6 +272,9 @@ def _media_string(raw: str, policy: InputPolicy, text_allowed: bool) -> Source |
         and "\n" not in raw
         and Path(raw).suffix.lower() in IMAGE_EXTENSIONS | VIDEO_EXTENSIONS
     )
+    scheme = URL_SCHEME.match(raw)
+    if scheme and (looks_like_media or not text_allowed) and not any(ch.isspace() for ch in raw):
+        raise UMEInputError(f"unsupported URL scheme {scheme['scheme']!r} in {_short(raw)}; only http(s) is fetched")
     if looks_like_media and (os.path.lexists(raw) or not any(ch.isspace() for ch in raw)):
         return _existing_file(Path(raw))
     if text_allowed:
@@ -249,7 +289,20 @@ def _existing_file(path: Path) -> Source:
         raise UMEInputError(f"file not found: {str(path)!r}")
     if not path.is_file():
         raise UMEInputError(f"not a regular file: {str(path)!r}")
+    if path.stat().st_size == 0:
+        raise UMEInputError(f"file is empty: {str(path)!r}")
     return Source("path", path)
+
+
+def _checked_text(text: str) -> str:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as error:
+        raise UMEInputError(
+            f"text is not valid Unicode (lone surrogate at position {error.start}); "
+            "decode its bytes with errors='replace'"
+        ) from None
+    return text
 
 
 def _image_source(raw: Any, policy: InputPolicy) -> Source:
@@ -268,7 +321,7 @@ def _image_source(raw: Any, policy: InputPolicy) -> Source:
             raise UMEInputError("image bytes are empty")
         return Source("bytes", bytes(raw))
     if isinstance(raw, io.IOBase) or (hasattr(raw, "read") and callable(raw.read)):
-        return Source("bytes", raw.read())
+        return Source("bytes", _read_stream(raw))
     if isinstance(raw, np.ndarray) or _is_tensor(raw):
         array = _as_array(raw)
         if array.ndim not in (2, 3):
@@ -302,6 +355,18 @@ def _video_source(raw: Any, policy: InputPolicy) -> Source | tuple[Source, ...]:
             raise UMEInputError("video bytes are empty")
         return Source("bytes", bytes(raw))
     raise UMEInputError(f"unsupported video type {type(raw).__name__}")
+
+
+def _read_stream(stream: Any) -> bytes:
+    """The rest of a file-like object; seekable streams are rewound, since inputs are read twice."""
+    seekable = getattr(stream, "seekable", None)
+    start = stream.tell() if callable(seekable) and seekable() else None
+    data = stream.read()
+    if start is not None:
+        stream.seek(start)
+    if not data:
+        raise UMEInputError("image stream is empty")
+    return bytes(data)
 
 
 def _is_video_source(source: Source) -> bool:

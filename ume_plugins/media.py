@@ -113,18 +113,26 @@ def decode_image(data: bytes | io.BytesIO | Path, policy: PixelPolicy) -> Image.
             # Our cap (below PIL's hard limit) decides; PIL's softer warning would only be noise.
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             image = Image.open(source)
-            width, height = image.size
-            if width * height > policy.max_decoded_pixels:
-                raise UMEInputError(
-                    f"image declares {width}x{height} pixels, above the {policy.max_decoded_pixels}-pixel "
-                    "decoding cap (possible decompression bomb)"
-                )
+            _check_decoded_size(image.width, image.height, policy)
             image.load()
             return ImageOps.exif_transpose(image)
     except UMEInputError:
         raise
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
+    except Image.UnidentifiedImageError:
+        raise UMEInputError("cannot decode image: not a recognised image format") from None
+    except Image.DecompressionBombError as error:
+        # PIL's own hard limit, which it checks while opening, before our cap can.
+        raise UMEInputError(f"image too large to decode (possible decompression bomb): {error}") from None
+    except (OSError, SyntaxError, ValueError) as error:
         raise UMEInputError(f"cannot decode image: {error}") from None
+
+
+def _check_decoded_size(width: int, height: int, policy: PixelPolicy) -> None:
+    if width * height > policy.max_decoded_pixels:
+        raise UMEInputError(
+            f"image declares {width}x{height} pixels, above the {policy.max_decoded_pixels}-pixel "
+            "decoding cap (possible decompression bomb)"
+        )
 
 
 def array_to_image(array: np.ndarray) -> Image.Image:
@@ -180,6 +188,8 @@ def decode_video(source: Path | bytes, policy: PixelPolicy) -> list[Image.Image]
         with av.open(opened) as container:
             if not container.streams.video:
                 raise UMEInputError("file has no video stream")
+            stream = container.streams.video[0]
+            _check_decoded_size(stream.width, stream.height, policy)
             total = sum(1 for _ in container.decode(video=0))
         wanted = set(sample_frame_indices(total, policy.num_frames))
         if isinstance(opened, io.BytesIO):
