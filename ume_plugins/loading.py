@@ -1,6 +1,6 @@
 """How names and folders become UME-R1 SentenceTransformers.
 
-sentence-transformers has no plugin registry, so importing :mod:`ume_plugins` installs four
+sentence-transformers has no plugin registry, so importing :mod:`ume_plugins` installs six
 narrow hooks on ``SentenceTransformer`` (each a no-op for every other model):
 
 1. ``_module_classes`` maps our module's class reference to the class, so saved UME-R1 folders
@@ -12,6 +12,10 @@ narrow hooks on ``SentenceTransformer`` (each a no-op for every other model):
    checkpoint instead of the default mean-pooling stack.
 4. ``encode`` checks every input's structure before any batch runs and makes errors name the
    input's index in the caller's list.
+5. ``load_adapter`` goes to :meth:`~ume_plugins.adapters.AdapterMixin.load_adapter`, which checks
+   that every weight of the adapter landed (transformers' own only logs mismatches).
+6. ``_get_model_config`` writes the module's package ``requirements`` (transformers, and peft when
+   adapters are saved) to ``config_sentence_transformers.json``, checked before weights load.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ from __future__ import annotations
 import functools
 import json
 import os
+from collections.abc import Mapping
 from types import MappingProxyType
 from typing import Any
 
@@ -33,7 +38,13 @@ MODULE_CLASS_REF = f"{UMER1Embedder.__module__}.{UMER1Embedder.__qualname__}"
 _REQUIRED_TOKENS = ("<gen_emb>", "<disc_emb>")
 
 
-def load(name_or_path: str, mode: str | None = None, device: str | None = None, **kwargs: Any) -> SentenceTransformer:
+def load(
+    name_or_path: str,
+    mode: str | None = None,
+    device: str | None = None,
+    adapter: str | Mapping[str, str] | None = None,
+    **kwargs: Any,
+) -> SentenceTransformer:
     """Load any UME-R1 checkpoint as a SentenceTransformer.
 
     Args:
@@ -43,6 +54,9 @@ def load(name_or_path: str, mode: str | None = None, device: str | None = None, 
         mode: Default embedding mode (``"generative"``, ``"discriminative"`` or ``"both"``);
             None keeps the saved one.
         device: Device to load on; precision follows it unless ``model_kwargs`` pins a dtype.
+        adapter: LoRA/DoRA adapter(s) to load (needs ``pip install 'ume-plugins[peft]'``): a local
+            folder or hub id (loaded as ``"default"``), or a mapping of names to folders or hub ids;
+            the first becomes the active adapter. Every weight is checked to have landed.
         **kwargs: Module settings (any of ``UMER1Embedder.config_keys``, e.g. ``max_new_tokens``)
             and ``SentenceTransformer`` arguments (``model_kwargs``, ``revision``, ``prompts``, ...).
 
@@ -51,6 +65,7 @@ def load(name_or_path: str, mode: str | None = None, device: str | None = None, 
 
     Raises:
         ValueError: The checkpoint is not UME-R1, or a setting is invalid.
+        ~ume_plugins.adapters.AdapterMismatchError: An adapter does not match the model.
     """
     settings = {key: kwargs.pop(key) for key in list(kwargs) if key in UMER1Embedder.config_keys}
     if mode is not None:
@@ -67,6 +82,9 @@ def load(name_or_path: str, mode: str | None = None, device: str | None = None, 
     for key, value in settings.items():
         setattr(module, key, value)
     module.validate_settings()
+    if adapter is not None:
+        hub_kwargs = {key: kwargs[key] for key in ("token", "cache_folder", "local_files_only") if key in kwargs}
+        module.load_adapters(adapter, **hub_kwargs)
     return model
 
 
@@ -100,6 +118,8 @@ def install() -> None:
     SentenceTransformer.__init__ = _resolving_aliases(SentenceTransformer.__init__)
     SentenceTransformer._load_default_modules = _building_ume_modules(SentenceTransformer._load_default_modules)
     SentenceTransformer.encode = _locating_inputs(SentenceTransformer.encode)
+    SentenceTransformer.load_adapter = _checking_adapters(SentenceTransformer.load_adapter)
+    SentenceTransformer._get_model_config = _stating_requirements(SentenceTransformer._get_model_config)
     SentenceTransformer._ume_plugins_hooks = True
 
 
@@ -173,3 +193,26 @@ def _locating_inputs(encode):
             return encode(self, inputs, *args, **kwargs)
 
     return wrapped_encode
+
+
+def _checking_adapters(load_adapter):
+    @functools.wraps(load_adapter)
+    def wrapped_load_adapter(self, *args: Any, **kwargs: Any) -> Any:
+        module = self._first_module() if len(self._modules) else None
+        if isinstance(module, UMER1Embedder):
+            return module.load_adapter(*args, **kwargs)
+        return load_adapter(self, *args, **kwargs)
+
+    return wrapped_load_adapter
+
+
+def _stating_requirements(get_model_config):
+    @functools.wraps(get_model_config)
+    def _get_model_config(self) -> dict[str, Any]:
+        config = get_model_config(self)
+        module = self._first_module() if len(self._modules) else None
+        if isinstance(module, UMER1Embedder):
+            config["requirements"] = {**config.get("requirements", {}), **module.requirements()}
+        return config
+
+    return _get_model_config
