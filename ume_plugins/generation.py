@@ -3,15 +3,22 @@
 The model writes ``<think>...</think><answer>...</answer><gen_emb><|im_end|>``; the embedding is
 the last decoder layer's output (after the final norm) at the step whose input is ``<gen_emb>``.
 
-Batched ``generate`` runs with left padding and the KV cache. A forward hook on the final norm
-keeps only the newest position's state, and a logits processor (which sees the ids fed at that
-step) copies it for rows whose input was ``<gen_emb>``: memory holds one ``[batch, hidden]`` row per
-step instead of every layer of every step. A row stops as soon as its state is captured.
+The engine is a KV-cached decoding loop over a left-padded batch:
 
-Rows whose ``<gen_emb>`` was not captured (it came as the very last token of the budget, or never
-came) get it from one forward pass over prompt + reasoning, the maintainers' equivalent
-definition; if it never came, ``<gen_emb>`` is appended after the truncated reasoning and the row
-is flagged as forced (or an error is raised, per ``on_missing``).
+- One prefill over the prompts (vision tower included); its ``<disc_emb>`` states come free for
+  ``mode="both"``. With ``num_samples=k`` the prefill runs once and its cache is repeated k times.
+- Each step feeds one token per live row. When a row's input is ``<gen_emb>``, the step's
+  final-norm output IS the embedding: it is copied (``[hidden]`` floats) and the row leaves the
+  batch, its KV cache dropped with it, so finished rows cost nothing (early exit per sequence).
+- A rollout that ends without ``<gen_emb>`` (EOS, the token budget, or a user stopping criterion)
+  is fed ``<gen_emb>`` after its reasoning through the same cache and flagged as forced, which is
+  the maintainers' "one forward over prompt + reasoning + <gen_emb>" without a second pass; with
+  ``on_missing="raise"`` it raises :class:`GenEmbMissingError` instead.
+
+Memory is the KV cache plus the ids: nothing is kept per step and layer. Scores go through the
+same logits processors and warpers ``generate`` would build from the generation config; sampling
+draws each rollout from its own seeded stream (:mod:`ume_plugins.sampling`), so a seeded rollout
+does not depend on its batch-mates.
 """
 
 from __future__ import annotations
@@ -22,22 +29,32 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 import torch
-from transformers import GenerationConfig, LogitsProcessor, LogitsProcessorList, StoppingCriteria, StoppingCriteriaList
+from transformers import GenerationConfig, LogitsProcessorList, StoppingCriteriaList
+
+from ume_plugins.sampling import SeededSampler, rollout_seed
 
 logger = logging.getLogger(__name__)
 
 OnMissing = Literal["force", "raise"]
-_FORBIDDEN_GENERATION_KWARGS = {
-    "output_hidden_states": "the <gen_emb> state is captured without keeping per-step hidden states",
-    "return_dict_in_generate": "the rollout output is built by ume-plugins",
-    "num_beams": "beam search is not supported; use num_samples for several rollouts",
-    "num_return_sequences": "use num_samples for several rollouts per input",
+# key -> (values that change nothing, why anything else is refused)
+_UNSUPPORTED_GENERATION_KWARGS: dict[str, tuple[tuple[Any, ...], str]] = {
+    "output_hidden_states": ((None, False), "the <gen_emb> state is captured without keeping per-step hidden states"),
+    "output_attentions": ((None, False), "attentions are not returned"),
+    "output_scores": ((None, False), "scores are not returned"),
+    "output_logits": ((None, False), "logits are not returned"),
+    "return_dict_in_generate": ((None, False), "the rollout output is built by ume-plugins"),
+    "num_beams": ((None, 1), "beam search is not supported; use num_samples for several rollouts"),
+    "num_return_sequences": ((None, 1), "use num_samples for several rollouts per input"),
+    "max_length": ((None,), "the budget counts new tokens only; use max_new_tokens"),
+    "stop_strings": ((None,), "use stopping_criteria"),
+    "max_time": ((None,), "use stopping_criteria"),
+    "use_cache": ((None, True), "the engine always decodes with the KV cache"),
+    "cache_implementation": ((None,), "the engine manages its own dynamic KV cache"),
+    "prompt_lookup_num_tokens": ((None,), "speculative decoding is not supported"),
+    "guidance_scale": ((None, 1, 1.0), "classifier-free guidance is not supported"),
 }
 _SAMPLING_ONLY = ("temperature", "top_p", "top_k", "min_p", "typical_p", "epsilon_cutoff", "eta_cutoff")
-_VISUAL_KEYS = (
-    ("pixel_values", "image_grid_thw", "images_per_row"),
-    ("pixel_values_videos", "video_grid_thw", "videos_per_row"),
-)
+_COUNT_KEYS = ("images_per_row", "videos_per_row")
 
 
 class GenEmbMissingError(RuntimeError):
@@ -46,14 +63,14 @@ class GenEmbMissingError(RuntimeError):
 
 @dataclass
 class Rollout:
-    """What generative mode produced for a batch.
+    """What generative mode produced for a batch of ``batch`` inputs with ``k`` rollouts each.
 
     Attributes:
-        states: ``[batch, hidden]`` float32 last-layer states at ``<gen_emb>`` (not normalised).
-        generated_ids: ``[batch, steps]`` reasoning ids up to and including ``<gen_emb>``,
-            right-padded with the pad id.
-        forced: ``[batch]`` True where ``<gen_emb>`` was appended because the model did not write it
-            within the token budget.
+        states: ``[batch, k, hidden]`` float32 last-layer states at ``<gen_emb>`` (not normalised).
+        generated_ids: ``[batch, k, steps]`` reasoning ids up to and including ``<gen_emb>`` (a
+            forced ``<gen_emb>`` is not included), right-padded with the pad id.
+        forced: ``[batch, k]`` True where ``<gen_emb>`` was appended because the rollout ended
+            without writing it (EOS, token budget or a stopping criterion).
         disc_states: ``[batch, hidden]`` states at ``<disc_emb>`` from the same prefill, when asked.
     """
 
@@ -64,20 +81,28 @@ class Rollout:
 
 
 def build_generation_config(
-    base: GenerationConfig, max_new_tokens: int, pad_token_id: int, overrides: dict[str, Any]
+    base: GenerationConfig,
+    max_new_tokens: int,
+    pad_token_id: int,
+    overrides: dict[str, Any],
+    num_samples: int = 1,
 ) -> GenerationConfig:
     """The checkpoint's generation config, made greedy with our token budget, then the user's overrides.
 
+    Several rollouts per input sample unless the overrides say ``do_sample`` themselves.
+
     Raises:
-        ValueError: An override that would break embedding capture, or that ``generate`` does not know.
+        ValueError: An override that would break embedding capture or that the engine does not
+            honour, one that ``generate`` does not know, or ``num_samples > 1`` with greedy decoding.
     """
-    for key, why in _FORBIDDEN_GENERATION_KWARGS.items():
-        value = overrides.get(key)
-        if value is True or (type(value) is int and value > 1):
+    for key, (neutral, why) in _UNSUPPORTED_GENERATION_KWARGS.items():
+        if key in overrides and overrides[key] not in neutral:
             raise ValueError(f"generation_kwargs[{key!r}] is not supported: {why}")
+    if num_samples < 1:
+        raise ValueError(f"num_samples must be positive, got {num_samples}")
     config = copy.deepcopy(base)
     config.max_new_tokens = max_new_tokens
-    config.do_sample = False
+    config.do_sample = num_samples > 1
     if config.pad_token_id is None:
         config.pad_token_id = pad_token_id
     unknown = {key: value for key, value in overrides.items() if not hasattr(config, key)}
@@ -85,6 +110,10 @@ def build_generation_config(
         raise ValueError(f"unknown generation_kwargs {sorted(unknown)}")
     for key, value in overrides.items():
         setattr(config, key, value)
+    if num_samples > 1 and not config.do_sample:
+        raise ValueError("num_samples > 1 needs sampling: greedy rollouts of one input are all the same")
+    if config.max_new_tokens < 1:
+        raise ValueError(f"max_new_tokens must be positive, got {config.max_new_tokens}")
     if not config.do_sample:
         for key in _SAMPLING_ONLY:
             if key not in overrides:
@@ -95,52 +124,32 @@ def build_generation_config(
     return config
 
 
-class _GenEmbCapture(LogitsProcessor):
-    """Copies the final-norm state of rows whose input token at this step is ``<gen_emb>``."""
-
-    def __init__(self, prompt_len: int, gen_emb_id: int, batch: int, hidden: int, disc_positions: torch.Tensor | None):
-        self.prompt_len = prompt_len
-        self.gen_emb_id = gen_emb_id
-        self.disc_positions = disc_positions
-        self.disc_states: torch.Tensor | None = None
-        self.states = torch.zeros(batch, hidden, dtype=torch.float32)
-        self.found = torch.zeros(batch, dtype=torch.bool)
-        self._newest: torch.Tensor | None = None
-
-    def hook(self, module: torch.nn.Module, args: tuple, output: torch.Tensor) -> None:
-        hidden = output[0] if isinstance(output, tuple) else output
-        if self.disc_positions is not None and self.disc_states is None:
-            rows = torch.arange(hidden.shape[0], device=hidden.device)
-            self.disc_states = hidden[rows, self.disc_positions.to(hidden.device)].float().cpu()
-        self._newest = hidden[:, -1].detach()
-
-    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
-        # Called right after the forward pass whose input was input_ids[:, -1]; scores pass through.
-        if input_ids.shape[1] > self.prompt_len and self._newest is not None:
-            hit = (input_ids[:, -1] == self.gen_emb_id).cpu() & ~self.found
-            if hit.any():
-                self.states[hit] = self._newest[hit.to(self._newest.device)].float().cpu()
-                self.found |= hit
-        return scores
-
-
-class _StopWhenCaptured(StoppingCriteria):
-    def __init__(self, capture: _GenEmbCapture):
-        self.capture = capture
-
-    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor, **kwargs: Any) -> torch.BoolTensor:
-        return self.capture.found.to(input_ids.device)
-
-
 def last_position(input_ids: torch.Tensor, token_id: int) -> torch.Tensor:
     """Per row, the index of the last occurrence of ``token_id`` (which must occur)."""
     positions = torch.arange(input_ids.shape[1], device=input_ids.device).expand_as(input_ids)
     return torch.where(input_ids == token_id, positions, -1).max(dim=1).values
 
 
-def final_norm(model: torch.nn.Module) -> torch.nn.Module:
-    """The decoder's final norm, whose output is the "last layer hidden state"."""
-    return model.model.language_model.norm
+def prompt_positions(model: torch.nn.Module, inputs: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """3-D (M-RoPE) positions of left-padded prompts, and each row's offset for the tokens that follow.
+
+    The same positions ``generate`` uses: a token after the prompt sits at (real tokens before it)
+    plus the row's offset.
+
+    Returns:
+        ``[3, batch, prompt_len]`` position ids and ``[batch, 1]`` offsets.
+    """
+    input_ids, mask = inputs["input_ids"], inputs["attention_mask"]
+    if inputs.get("image_grid_thw") is not None or inputs.get("video_grid_thw") is not None:
+        return model.model.get_rope_index(
+            input_ids,
+            mm_token_type_ids=inputs["mm_token_type_ids"],
+            image_grid_thw=inputs.get("image_grid_thw"),
+            video_grid_thw=inputs.get("video_grid_thw"),
+            attention_mask=mask,
+        )
+    text = (mask.long().cumsum(-1) - 1).masked_fill(mask == 0, 1)
+    return text.unsqueeze(0).expand(3, -1, -1), torch.zeros(input_ids.shape[0], 1, dtype=torch.long)
 
 
 def rollout(
@@ -154,8 +163,10 @@ def rollout(
     generation_kwargs: dict[str, Any],
     on_missing: OnMissing,
     with_disc: bool = False,
+    num_samples: int = 1,
+    seed: int | None = None,
 ) -> Rollout:
-    """Generate reasoning for a left-padded batch and read each row's ``<gen_emb>`` state.
+    """Generate reasoning for a left-padded batch and read each rollout's ``<gen_emb>`` state.
 
     Args:
         model: A ``Qwen2VLForConditionalGeneration``.
@@ -165,131 +176,219 @@ def rollout(
         eos_token_ids: Ids that end a rollout.
         generation_config: From :func:`build_generation_config`.
         generation_kwargs: Only ``logits_processor`` / ``stopping_criteria`` lists are read here.
-        on_missing: ``"force"`` appends ``<gen_emb>`` to rollouts that lack it (flagged);
+        on_missing: ``"force"`` feeds ``<gen_emb>`` after rollouts that lack it (flagged);
             ``"raise"`` raises :class:`GenEmbMissingError`.
         with_disc: Also return the ``<disc_emb>`` states of the prefill.
+        num_samples: Rollouts per input (sampled when the config samples).
+        seed: Seed of the sampled rollouts; None draws one from torch's global generator, so
+            ``torch.manual_seed`` also makes a call reproducible.
 
     Returns:
         The rollout states, ids and flags.
+
+    Raises:
+        GenEmbMissingError: A rollout ended without ``<gen_emb>`` and ``on_missing="raise"``.
     """
-    input_ids = features["input_ids"]
-    batch, prompt_len = input_ids.shape
-    hidden = model.config.text_config.hidden_size
-    disc_positions = last_position(input_ids, disc_emb_id) if with_disc else None
-    capture = _GenEmbCapture(prompt_len, gen_emb_id, batch, hidden, disc_positions)
-    logits_processor = LogitsProcessorList([*generation_kwargs.get("logits_processor", []), capture])
-    stopping = StoppingCriteriaList([*generation_kwargs.get("stopping_criteria", []), _StopWhenCaptured(capture)])
-    model_inputs = {key: value for key, value in features.items() if key not in ("images_per_row", "videos_per_row")}
-    handle = final_norm(model).register_forward_hook(capture.hook)
-    try:
-        sequences = model.generate(
-            **model_inputs,
-            generation_config=generation_config,
-            logits_processor=logits_processor,
-            stopping_criteria=stopping,
+    inputs = {key: value for key, value in features.items() if key not in _COUNT_KEYS}
+    input_ids = inputs["input_ids"]
+    batch = input_ids.shape[0]
+    positions, offsets = prompt_positions(model, inputs)
+    prefill = model.model(**inputs, position_ids=positions, use_cache=True)
+    disc_states = None
+    if with_disc:
+        rows = torch.arange(batch, device=input_ids.device)
+        disc_states = prefill.last_hidden_state[rows, last_position(input_ids, disc_emb_id)].float().cpu()
+    logits = model.lm_head(prefill.last_hidden_state[:, -1]).float()
+    cache = prefill.past_key_values
+    del prefill  # frees the prompts' hidden states: only the KV cache lives on
+    loop = _DecodeLoop(
+        model,
+        cache,
+        input_ids=input_ids.repeat_interleave(num_samples, dim=0),
+        attention_mask=inputs["attention_mask"].repeat_interleave(num_samples, dim=0),
+        offsets=offsets.to(input_ids.device).repeat_interleave(num_samples, dim=0),
+        gen_emb_id=gen_emb_id,
+        eos_token_ids=eos_token_ids,
+        config=generation_config,
+        user_processors=generation_kwargs.get("logits_processor", []),
+        user_stopping=generation_kwargs.get("stopping_criteria", []),
+        on_missing=on_missing,
+        num_samples=num_samples,
+        seed=seed,
+    )
+    if num_samples > 1:
+        cache.batch_repeat_interleave(num_samples)
+        logits = logits.repeat_interleave(num_samples, dim=0)
+    states, generated, forced = loop.run(logits)
+    if forced.any():
+        logger.warning(
+            "%d of %d rollouts did not write <gen_emb> within %d new tokens: <gen_emb> was appended after "
+            "their reasoning (flagged as gen_emb_forced).",
+            int(forced.sum()),
+            len(forced),
+            generation_config.max_new_tokens,
         )
-    finally:
-        handle.remove()
-    generated = sequences[:, prompt_len:].cpu()
-    states, found = capture.states, capture.found.clone()
-    kept, forced = _trim_rollouts(generated, gen_emb_id, eos_token_ids)
-    missing = [row for row in range(batch) if not found[row]]
-    if missing and on_missing == "raise" and forced.any():
-        rows = [row for row in missing if forced[row]]
-        raise GenEmbMissingError(
-            f"batch rows {rows} did not write <gen_emb> within {generation_config.max_new_tokens} new tokens; "
-            "raise max_new_tokens or use on_missing_gen_emb='force'"
-        )
-    if missing:
-        if forced.any():
-            logger.warning(
-                "%d of %d inputs did not write <gen_emb> within %d new tokens: <gen_emb> was appended after "
-                "their truncated reasoning (flagged as gen_emb_forced).",
-                int(forced.sum()),
-                batch,
-                generation_config.max_new_tokens,
-            )
-        continuations = [kept[row] + ([gen_emb_id] if forced[row] else []) for row in missing]
-        states[missing] = states_after(model, select_rows(features, missing), continuations)
-    pad_id = generation_config.pad_token_id
-    width = max((len(ids) for ids in kept), default=0)
-    generated_ids = torch.full((batch, width), pad_id, dtype=torch.long)
-    for row, ids in enumerate(kept):
+    width = max((len(ids) for ids in generated), default=0)
+    generated_ids = torch.full((len(generated), width), generation_config.pad_token_id, dtype=torch.long)
+    for row, ids in enumerate(generated):
         generated_ids[row, : len(ids)] = torch.tensor(ids, dtype=torch.long)
-    return Rollout(states=states, generated_ids=generated_ids, forced=forced, disc_states=capture.disc_states)
+    return Rollout(
+        states=states.view(batch, num_samples, -1),
+        generated_ids=generated_ids.view(batch, num_samples, width),
+        forced=forced.view(batch, num_samples),
+        disc_states=disc_states,
+    )
 
 
-def _trim_rollouts(
-    generated: torch.Tensor, gen_emb_id: int, eos_token_ids: set[int]
-) -> tuple[list[list[int]], torch.Tensor]:
-    """Per row, the reasoning up to and including the first ``<gen_emb>`` (else up to EOS)."""
-    kept: list[list[int]] = []
-    forced = torch.zeros(generated.shape[0], dtype=torch.bool)
-    for row, ids in enumerate(generated.tolist()):
-        if gen_emb_id in ids:
-            kept.append(ids[: ids.index(gen_emb_id) + 1])
-            continue
-        end = next((i for i, token in enumerate(ids) if token in eos_token_ids), len(ids))
-        kept.append(ids[:end])
-        forced[row] = True
-    return kept, forced
+class _DecodeLoop:
+    """The decoding state of the live rows; rows leave as soon as their ``<gen_emb>`` state is read."""
 
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        cache: Any,
+        *,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        offsets: torch.Tensor,
+        gen_emb_id: int,
+        eos_token_ids: set[int],
+        config: GenerationConfig,
+        user_processors: list,
+        user_stopping: list,
+        on_missing: OnMissing,
+        num_samples: int,
+        seed: int | None,
+    ):
+        self.model, self.cache, self.config = model, cache, config
+        self.gen_emb_id, self.on_missing, self.num_samples = gen_emb_id, on_missing, num_samples
+        device = input_ids.device
+        rows, prompt_len = input_ids.shape
+        self.prompt_len = prompt_len
+        self.ids, self.mask, self.offsets = input_ids, attention_mask, offsets
+        self.lengths = attention_mask.sum(dim=-1)
+        self.eos = torch.tensor(sorted(eos_token_ids), dtype=torch.long, device=device)
+        self.live = torch.arange(rows)  # output row of each live row
+        self.closing = torch.zeros(rows, dtype=torch.bool, device=device)  # next input is a forced <gen_emb>
+        self.states = torch.zeros(rows, model.config.text_config.hidden_size, dtype=torch.float32)
+        self.forced = torch.zeros(rows, dtype=torch.bool)
+        self.generated: list[list[int]] = [[] for _ in range(rows)]
+        self.processors = _logits_processors(model, config, input_ids, attention_mask, user_processors)
+        self.stopping = StoppingCriteriaList(user_stopping)
+        self.sampler = None
+        if config.do_sample:
+            if seed is None:
+                seed = int(torch.randint(2**62, (1,)).item())
+            prompts = [ids[mask.bool()].tolist() for ids, mask in zip(input_ids, attention_mask, strict=True)]
+            self.sampler = SeededSampler([rollout_seed(seed, prompts[row], row % num_samples) for row in range(rows)])
 
-def select_rows(features: dict[str, torch.Tensor], rows: list[int]) -> dict[str, torch.Tensor]:
-    """The features of some batch rows, visual patches included."""
-    selected = {
-        key: features[key][rows]
-        for key in ("input_ids", "attention_mask", "mm_token_type_ids")
-        if features.get(key) is not None
-    }
-    for pixels_key, grid_key, count_key in _VISUAL_KEYS:
-        if features.get(pixels_key) is None:
-            continue
-        grids, counts = features[grid_key], features[count_key].tolist()
-        first_item = [sum(counts[:row]) for row in range(len(counts))]
-        items = [first_item[row] + offset for row in rows for offset in range(counts[row])]
-        patches = grids.prod(dim=1).tolist()
-        first_patch = [sum(patches[:item]) for item in range(len(patches))]
-        if items:
-            selected[pixels_key] = torch.cat(
-                [features[pixels_key][first_patch[item] : first_patch[item] + patches[item]] for item in items]
+    def run(self, logits: torch.Tensor) -> tuple[torch.Tensor, list[list[int]], torch.Tensor]:
+        """Decode until every row's ``<gen_emb>`` state is read; returns states, reasoning ids, forced flags."""
+        step = 0
+        while len(self.live):
+            tokens, final, close_next = self._choose(logits, step)
+            hidden = self._feed(tokens)
+            self._read(hidden, final)
+            keep = ~final
+            self.closing = close_next
+            if not keep.all():
+                self._drop(keep)
+                hidden = hidden[keep]
+            if len(self.live) and not self.closing.all():
+                logits = self.model.lm_head(hidden).float()
+            step += 1
+        return self.states, self.generated, self.forced
+
+    def _choose(self, logits: torch.Tensor, step: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The token each row feeds next, which rows feed ``<gen_emb>`` now, and which must next step."""
+        free = ~self.closing
+        gen_emb = torch.full_like(self.lengths, self.gen_emb_id)
+        if not free.any():
+            return gen_emb, self.closing.clone(), torch.zeros_like(self.closing)
+        scores = self.processors(self.ids, logits)
+        tokens = self.sampler(scores, step) if self.sampler is not None else scores.argmax(dim=-1)
+        wrote_gen_emb = free & (tokens == self.gen_emb_id)
+        ended = free & torch.isin(tokens, self.eos)
+        # A rollout that ended without <gen_emb> is fed <gen_emb> instead of EOS.
+        tokens = torch.where(self.closing | ended, gen_emb, tokens)
+        final = self.closing | wrote_gen_emb | ended
+        open_rows = free & ~final
+        close_next = torch.zeros_like(final)
+        if step + 1 >= self.config.max_new_tokens:
+            close_next = open_rows
+        elif len(self.stopping):
+            stopped = self.stopping(torch.cat([self.ids, tokens[:, None]], dim=-1), scores)
+            close_next = open_rows & stopped.to(open_rows.device)
+        self._flag_forced(ended | close_next)
+        return tokens, final, close_next
+
+    def _flag_forced(self, rows: torch.Tensor) -> None:
+        if not rows.any():
+            return
+        outputs = self.live[rows.cpu()]
+        if self.on_missing == "raise":
+            inputs = sorted({int(row) // self.num_samples for row in outputs})
+            raise GenEmbMissingError(
+                f"batch rows {inputs} did not write <gen_emb> within {self.config.max_new_tokens} new tokens; "
+                "raise max_new_tokens or use on_missing_gen_emb='force'"
             )
-            selected[grid_key] = grids[items]
-        selected[count_key] = features[count_key][rows]
-    return selected
+        self.forced[outputs] = True
+
+    def _feed(self, tokens: torch.Tensor) -> torch.Tensor:
+        """One cached decoder step; returns the final-norm state ``[rows, hidden]`` of the fed tokens."""
+        self.ids = torch.cat([self.ids, tokens[:, None]], dim=-1)
+        self.mask = torch.cat([self.mask, torch.ones_like(self.mask[:, :1])], dim=-1)
+        self.lengths = self.lengths + 1
+        position = (self.lengths[:, None] - 1 + self.offsets).unsqueeze(0).expand(3, -1, -1)
+        output = self.model.model.language_model(
+            input_ids=tokens[:, None],
+            attention_mask=self.mask,
+            position_ids=position,
+            past_key_values=self.cache,
+            use_cache=True,
+        )
+        return output.last_hidden_state[:, -1]
+
+    def _read(self, hidden: torch.Tensor, final: torch.Tensor) -> None:
+        """Keep the state and the reasoning ids of the rows whose input was ``<gen_emb>``."""
+        if not final.any():
+            return
+        outputs = self.live[final.cpu()]
+        self.states[outputs] = hidden[final].float().cpu()
+        for output, ids in zip(outputs.tolist(), self.ids[final, self.prompt_len :].tolist(), strict=True):
+            # A forced <gen_emb> was fed, not written: it is not part of the reasoning.
+            self.generated[output] = ids[:-1] if self.forced[output] else ids
+
+    def _drop(self, keep: torch.Tensor) -> None:
+        """Remove finished rows from every per-row tensor and from the KV cache."""
+        rows = keep.nonzero().flatten()
+        self.cache.batch_select_indices(rows)
+        self.ids, self.mask, self.lengths = self.ids[rows], self.mask[rows], self.lengths[rows]
+        self.offsets, self.closing = self.offsets[rows], self.closing[rows]
+        self.live = self.live[rows.cpu()]
+        if self.sampler is not None:
+            self.sampler.keep(rows)
 
 
-def states_after(
-    model: torch.nn.Module, features: dict[str, torch.Tensor], continuations: list[list[int]]
-) -> torch.Tensor:
-    """One forward pass over each prompt followed by its continuation; the last position's state.
+def _logits_processors(
+    model: torch.nn.Module,
+    config: GenerationConfig,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    user_processors: list,
+) -> LogitsProcessorList:
+    """The processors and warpers ``generate`` would build from ``config``, with the user's merged in.
 
-    Args:
-        model: A ``Qwen2VLForConditionalGeneration``.
-        features: Left-padded prompt features of the rows (as from :func:`select_rows`).
-        continuations: Per row, the ids that follow the prompt, ending with ``<gen_emb>``.
-
-    Returns:
-        ``[rows, hidden]`` float32 states at each sequence's last token.
+    transformers' own builder is used so every generation-config field (repetition penalty, minimum
+    length, bad words, temperature, top-k/p, ...) means exactly what it means for ``generate``.
     """
-    prompt_ids, prompt_mask = features["input_ids"], features["attention_mask"]
-    device = prompt_ids.device
-    token_types = features.get("mm_token_type_ids")
-    width = max(int(mask.sum()) + len(extra) for mask, extra in zip(prompt_mask, continuations, strict=True))
-    input_ids = torch.zeros(len(continuations), width, dtype=prompt_ids.dtype, device=device)
-    attention_mask = torch.zeros_like(input_ids)
-    type_ids = torch.zeros_like(input_ids) if token_types is not None else None
-    for row, extra in enumerate(continuations):
-        keep = prompt_mask[row].bool()
-        sequence = torch.cat([prompt_ids[row][keep], torch.tensor(extra, dtype=prompt_ids.dtype, device=device)])
-        input_ids[row, width - len(sequence) :] = sequence
-        attention_mask[row, width - len(sequence) :] = 1
-        if type_ids is not None:
-            type_ids[row, width - len(sequence) : width - len(extra)] = token_types[row][keep]
-    inputs = {
-        key: value for key, value in features.items() if key.startswith(("pixel_values", "image_grid", "video_grid"))
-    }
-    if type_ids is not None:
-        inputs["mm_token_type_ids"] = type_ids
-    output = model.model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False, **inputs)
-    return output.last_hidden_state[:, -1].float().cpu()
+    config = copy.deepcopy(config)
+    model._prepare_special_tokens(config, kwargs_has_attention_mask=True, device=input_ids.device)
+    return model._get_logits_processor(
+        generation_config=config,
+        input_ids_seq_length=input_ids.shape[1],
+        encoder_input_ids=input_ids,
+        logits_processor=LogitsProcessorList(user_processors),
+        device=input_ids.device,
+        model_kwargs={"attention_mask": attention_mask},
+    )

@@ -4,18 +4,27 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 import torch
 from sentence_transformers.base.modules import InputModule
 
+from ume_plugins.adapters import (
+    ADAPTERS_KEY,
+    AdapterMixin,
+    has_adapter_layers,
+    load_saved_adapters,
+    per_call_adapter,
+    save_adapted_model,
+)
 from ume_plugins.device import model_load_kwargs, preferred_attention, preferred_dtype
+from ume_plugins.discriminative import disc_states
 from ume_plugins.errors import UMEInputError
 from ume_plugins.fetch import FetchPolicy
-from ume_plugins.generation import OnMissing, Rollout, build_generation_config, last_position, rollout
-from ume_plugins.inputs import InputPolicy, Item, describe, load, origin_of
+from ume_plugins.generation import OnMissing, Rollout, build_generation_config, rollout
+from ume_plugins.inputs import InputPolicy, Item, origin_of, read
 from ume_plugins.media import PixelPolicy, blank_image
 from ume_plugins.prompts import DISC_EMB_TOKEN, GEN_EMB_TOKEN, build_message, cut_after_disc_token
 
@@ -26,10 +35,11 @@ logger = logging.getLogger(__name__)
 
 Mode = Literal["generative", "discriminative", "both"]
 MODES: tuple[str, ...] = ("generative", "discriminative", "both")
-_COUNT_KEYS = ("images_per_row", "videos_per_row")
+Backend = Literal["hf", "vllm"]
+BACKENDS: tuple[str, ...] = ("hf", "vllm")
 
 
-class UMER1Embedder(InputModule):
+class UMER1Embedder(AdapterMixin, InputModule):
     """UME-R1 (Qwen2-VL) embeddings in two modes.
 
     - ``"generative"`` (default, the mode of every reported UME-R1 score): the model reasons
@@ -53,9 +63,18 @@ class UMER1Embedder(InputModule):
         processor_max_pixels: Upper pixel bound of the processor's resize.
         num_frames: Frames sampled uniformly from each video (None keeps all).
         max_new_tokens: Reasoning budget of generative mode.
+        max_length: Longest prompt in tokens (chat scaffolding, vision tokens and text), measured on
+            the full generative prompt in every mode; a longer input text is cut to fit, with a
+            warning. None: the decoder's ``max_position_embeddings`` minus ``max_new_tokens`` (at
+            least half the positions), so that prompt and reasoning fit (24576 for UME-R1).
         on_missing_gen_emb: When a rollout ends without ``<gen_emb>``: ``"force"`` appends it after
             the truncated reasoning and flags the row (``gen_emb_forced``, plus a warning);
             ``"raise"`` raises :class:`~ume_plugins.generation.GenEmbMissingError`.
+        backend: Engine of generative mode: ``"hf"`` (the built-in KV-cached decoding loop, see
+            :mod:`ume_plugins.generation`) or ``"vllm"`` (vLLM writes the reasoning, one forward of
+            this model reads ``<gen_emb>``; needs ``pip install "ume-plugins[vllm]"`` and a GPU; see
+            :mod:`ume_plugins.vllm_backend`).
+        vllm_kwargs: Extra arguments for ``vllm.LLM`` (e.g. ``gpu_memory_utilization``).
         allow_network: Let http(s) URL inputs be fetched.
         allow_file_urls: Accept ``file://`` URLs as paths.
         url_timeout: Seconds allowed for URL connections and reads.
@@ -81,14 +100,17 @@ class UMER1Embedder(InputModule):
         "processor_max_pixels",
         "num_frames",
         "max_new_tokens",
+        "max_length",
         "on_missing_gen_emb",
+        "backend",
+        "vllm_kwargs",
         "allow_network",
         "allow_file_urls",
         "url_timeout",
         "max_url_bytes",
         "max_decoded_pixels",
     ]
-    forward_kwargs = {"mode", "generation_kwargs"}
+    forward_kwargs = {"mode", "generation_kwargs", "adapter", "num_samples", "seed"}
     save_in_root = True
 
     def __init__(
@@ -103,7 +125,10 @@ class UMER1Embedder(InputModule):
         processor_max_pixels: int = 1536 * 1536,
         num_frames: int | None = 8,
         max_new_tokens: int = 8192,
+        max_length: int | None = None,
         on_missing_gen_emb: OnMissing = "force",
+        backend: Backend = "hf",
+        vllm_kwargs: dict[str, Any] | None = None,
         allow_network: bool = True,
         allow_file_urls: bool = False,
         url_timeout: float = 10.0,
@@ -129,7 +154,10 @@ class UMER1Embedder(InputModule):
         self.processor_max_pixels = processor_max_pixels
         self.num_frames = num_frames
         self.max_new_tokens = max_new_tokens
+        self.max_length = max_length
         self.on_missing_gen_emb = on_missing_gen_emb
+        self.backend = backend
+        self.vllm_kwargs = vllm_kwargs
         self.allow_network = allow_network
         self.allow_file_urls = allow_file_urls
         self.url_timeout = url_timeout
@@ -146,6 +174,8 @@ class UMER1Embedder(InputModule):
         self._dtype_pinned = bool(model_kwargs) and ("dtype" in model_kwargs or "torch_dtype" in model_kwargs)
         self._attention_pinned = bool(model_kwargs) and "attn_implementation" in model_kwargs
         load_kwargs = model_load_kwargs(device or get_device_name(), model_kwargs)
+        # Kept for backends that load the checkpoint themselves (vLLM).
+        self.name_or_path, self.revision = model_name_or_path, revision
         self.model = Qwen2VLForConditionalGeneration.from_pretrained(model_name_or_path, **hub_kwargs, **load_kwargs)
         self.model.eval()
         self.processor = AutoProcessor.from_pretrained(model_name_or_path, **hub_kwargs, **(processor_kwargs or {}))
@@ -180,6 +210,8 @@ class UMER1Embedder(InputModule):
         """
         if self.mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {self.mode!r}")
+        if self.backend not in BACKENDS:
+            raise ValueError(f"backend must be one of {BACKENDS}, got {self.backend!r}")
         if self.on_missing_gen_emb not in ("force", "raise"):
             raise ValueError(f"on_missing_gen_emb must be 'force' or 'raise', got {self.on_missing_gen_emb!r}")
         if not 0 < self.min_pixels <= self.max_pixels or not 0 < self.processor_min_pixels <= self.processor_max_pixels:
@@ -188,6 +220,8 @@ class UMER1Embedder(InputModule):
             raise ValueError(f"num_frames must be positive or None, got {self.num_frames}")
         if self.max_new_tokens < 1:
             raise ValueError(f"max_new_tokens must be positive, got {self.max_new_tokens}")
+        if self.max_length is not None and self.max_length < 1:
+            raise ValueError(f"max_length must be positive or None, got {self.max_length}")
 
     def input_policy(self) -> InputPolicy:
         """How raw inputs are read under the current settings."""
@@ -237,7 +271,11 @@ class UMER1Embedder(InputModule):
         """
         mode = self.resolve_mode(mode)
         items = self.load_items(inputs)
-        return self.tokenize_items(items, prompt, mode)
+        indices = [origin_of(raw, position) for position, raw in enumerate(inputs)]
+        features = self.tokenize_items(items, prompt, mode, indices=indices)
+        if self.backend == "vllm":
+            features["ume_items"] = items  # vLLM reads the media itself
+        return features
 
     def load_items(self, inputs: Sequence[Any]) -> list[Item]:
         """Decode a batch of raw inputs, adding the blank image to text-only ones when configured.
@@ -250,16 +288,76 @@ class UMER1Embedder(InputModule):
         items = []
         for position, raw in enumerate(inputs):
             try:
-                item = load(describe(raw, policy), policy)
+                item = read(raw, policy)
             except UMEInputError as error:
                 raise error.at(origin_of(raw, position)) from None
-            if item.is_text_only and self.blank_image_for_text:
-                item = Item(text=item.text, images=(blank_image(policy.pixels),), video=None)
+            if item.is_text_only:
+                if not (item.text or "").strip():
+                    logger.warning(
+                        "Input %d: empty or blank text, embedded as an input without text", origin_of(raw, position)
+                    )
+                if self.blank_image_for_text:
+                    item = Item(text=item.text, images=(blank_image(policy.pixels),), video=None)
             items.append(item)
         return items
 
-    def tokenize_items(self, items: list[Item], instruction: str | None, mode: Mode) -> dict[str, Any]:
-        """Render the chat prompts and run the processor over a batch of items."""
+    @property
+    def prompt_token_limit(self) -> int:
+        """The longest prompt accepted: ``max_length``, else positions left after the reasoning budget."""
+        if self.max_length is not None:
+            return self.max_length
+        positions = self.max_seq_length
+        return max(positions - self.max_new_tokens, positions // 2)
+
+    def tokenize_items(
+        self, items: list[Item], instruction: str | None, mode: Mode, indices: Sequence[int] | None = None
+    ) -> dict[str, Any]:
+        """Render the chat prompts and run the processor over a batch of items.
+
+        An input whose full generative prompt exceeds :attr:`prompt_token_limit` loses tokens from
+        the end of its own text, with a warning; the instruction, the vision tokens and the chat
+        scaffolding (``<disc_emb>``, the generation prompt) are always kept. The limit is measured
+        on the generative prompt in every mode, so both modes see the same text.
+
+        Args:
+            items: Decoded inputs.
+            instruction: Task instruction for the ``TEXT`` slot.
+            mode: Embedding mode; discriminative prompts stop right after ``<disc_emb>``.
+            indices: The caller's index of each item, named in warnings and errors (default: positions).
+
+        Returns:
+            Processor outputs plus per-row image/video counts and the mode.
+
+        Raises:
+            UMEInputError: A prompt too long even without its text (too many or too large images,
+                or a too long instruction); names the item's index.
+        """
+        indices = list(range(len(items))) if indices is None else list(indices)
+        # Tokens after <disc_emb> that a discriminative prompt leaves out but the limit counts.
+        tail = self._generation_tail_length() if mode == "discriminative" else 0
+        original_texts: dict[int, str] = {}
+        features = self._run_processor(items, instruction, mode)
+        # Each round shortens every over-long text, so this ends.
+        while over := self._over_limit(features, tail):
+            items = list(items)
+            for row, excess in over:
+                original_texts.setdefault(row, items[row].text or "")
+                items[row] = replace(items[row], text=self._cut_text(items[row].text or "", excess, indices[row]))
+            features = self._run_processor(items, instruction, mode)
+        for row, text in original_texts.items():
+            logger.warning(
+                "Input %d: text of %d tokens truncated to %d to fit max_length=%d",
+                indices[row],
+                self._count_tokens(text),
+                self._count_tokens(items[row].text),
+                self.prompt_token_limit,
+            )
+        features["images_per_row"] = torch.tensor([len(item.images) for item in items])
+        features["videos_per_row"] = torch.tensor([int(item.video is not None) for item in items])
+        features["ume_mode"] = mode
+        return features
+
+    def _run_processor(self, items: list[Item], instruction: str | None, mode: Mode) -> dict[str, Any]:
         texts = [
             self.processor.apply_chat_template(
                 build_message(item, instruction), tokenize=False, add_generation_prompt=True
@@ -271,7 +369,7 @@ class UMER1Embedder(InputModule):
         images = [image for item in items for image in item.images]
         videos = [list(item.video) for item in items if item.video is not None]
         size = {"shortest_edge": self.processor_min_pixels, "longest_edge": self.processor_max_pixels}
-        features = dict(
+        return dict(
             self.processor(
                 text=texts,
                 images=images or None,
@@ -282,16 +380,45 @@ class UMER1Embedder(InputModule):
                 videos_kwargs={"size": size, "do_sample_frames": False, "cap_pixels_per_frame": False},
             )
         )
-        features["images_per_row"] = torch.tensor([len(item.images) for item in items])
-        features["videos_per_row"] = torch.tensor([int(item.video is not None) for item in items])
-        features["ume_mode"] = mode
-        return features
 
+    def _over_limit(self, features: dict[str, Any], tail: int) -> list[tuple[int, int]]:
+        """``(row, tokens too many)`` for each row whose full prompt exceeds the limit."""
+        excess = (features["attention_mask"].sum(dim=1) + tail - self.prompt_token_limit).tolist()
+        return [(row, tokens) for row, tokens in enumerate(excess) if tokens > 0]
+
+    def _generation_tail_length(self) -> int:
+        rendered = self.processor.apply_chat_template(
+            build_message(Item(text=None, images=(), video=None), None), tokenize=False, add_generation_prompt=True
+        )
+        tail = rendered[len(cut_after_disc_token(rendered)) :]
+        return self._count_tokens(tail)
+
+    def _count_tokens(self, text: str | None) -> int:
+        return len(self.tokenizer(text or "", add_special_tokens=False)["input_ids"])
+
+    def _cut_text(self, text: str, excess: int, index: int) -> str:
+        """A prefix of ``text`` about ``excess`` tokens shorter, ending on a token boundary.
+
+        Tokens counted alone may merge differently inside the prompt, so the caller measures again.
+        """
+        offsets = self.tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"]
+        if not offsets:
+            raise UMEInputError(
+                f"prompt exceeds max_length={self.prompt_token_limit} tokens even without its text: "
+                "use fewer or smaller images or frames, or a shorter instruction"
+            ).at(index)
+        first_dropped = offsets[max(len(offsets) - excess, 0)][0]
+        # At least one character goes, so every round makes progress.
+        return text[: min(first_dropped, len(text) - 1)]
+
+    @per_call_adapter
     def forward(
         self,
         features: dict[str, Any],
         mode: str | None = None,
         generation_kwargs: dict[str, Any] | None = None,
+        num_samples: int = 1,
+        seed: int | None = None,
         **kwargs: Any,
     ) -> dict[str, torch.Tensor]:
         """Embed a preprocessed batch.
@@ -301,21 +428,44 @@ class UMER1Embedder(InputModule):
             mode: Embedding mode, when ``features`` do not carry one.
             generation_kwargs: Generative mode only: overrides for ``generate`` (``max_new_tokens``,
                 ``do_sample``, ``temperature``, ``logits_processor``, ``stopping_criteria``, ...).
-            **kwargs: Ignored.
+            num_samples: Generative mode only: rollouts per input (k). k > 1 samples (temperature,
+                top-p, ... from ``generation_kwargs`` or the checkpoint); ``sentence_embedding`` is
+                then the L2-normalised mean of the k unit vectors, and ``sample_embeddings`` holds
+                all k (``encode(..., output_value="sample_embeddings")`` returns one ``[k, dim]``
+                tensor per input).
+            seed: Generative mode only: seed of sampled rollouts. A rollout depends only on its
+                input, the seed and its sample index, never on its batch-mates; None draws the
+                seed from torch's global generator (so ``torch.manual_seed`` works too).
+            **kwargs: Ignored. (``adapter=``, a loaded adapter's name or several, runs those adapters
+                for this call only: see :func:`~ume_plugins.adapters.per_call_adapter`.)
 
         Returns:
             ``sentence_embedding`` (``[batch, dim]``, L2-normalised float32); in generative mode also
-            ``generated_ids`` and ``gen_emb_forced``; in ``"both"`` mode also ``disc_embedding``.
+            ``sample_embeddings`` (``[batch, k, dim]``), ``generated_ids`` and ``gen_emb_forced``
+            (``[batch, steps]`` and ``[batch]``; ``[batch, k, steps]`` and ``[batch, k]`` when
+            k > 1); in ``"both"`` mode also ``disc_embedding``.
         """
         mode = self.resolve_mode(features.get("ume_mode", mode))
-        model_inputs = {key: value for key, value in features.items() if key != "ume_mode"}
+        model_inputs = {key: value for key, value in features.items() if not key.startswith("ume_")}
         if mode == "discriminative":
+            if num_samples != 1:
+                raise ValueError("num_samples needs generative mode: discriminative mode has nothing to sample")
             return {"sentence_embedding": self._normalised(self._disc_states(model_inputs))}
-        result = self._rollout(model_inputs, dict(generation_kwargs or {}), with_disc=mode == "both")
+        result = self._rollout(
+            model_inputs,
+            dict(generation_kwargs or {}),
+            with_disc=mode == "both",
+            num_samples=num_samples,
+            seed=seed,
+            items=features.get("ume_items"),
+        )
+        samples = self._normalised(result.states)
+        single = num_samples == 1
         output = {
-            "sentence_embedding": self._normalised(result.states),
-            "generated_ids": result.generated_ids,
-            "gen_emb_forced": result.forced,
+            "sentence_embedding": samples[:, 0] if single else self._normalised(samples.mean(dim=1)),
+            "sample_embeddings": samples,
+            "generated_ids": result.generated_ids[:, 0] if single else result.generated_ids,
+            "gen_emb_forced": result.forced[:, 0] if single else result.forced,
         }
         if result.disc_states is not None:
             output["disc_embedding"] = self._normalised(result.disc_states)
@@ -326,13 +476,16 @@ class UMER1Embedder(InputModule):
         return self.tokenizer.decode(generated_ids.tolist(), skip_special_tokens=True)
 
     def _disc_states(self, model_inputs: dict[str, torch.Tensor]) -> torch.Tensor:
-        inputs = {key: value for key, value in model_inputs.items() if key not in _COUNT_KEYS}
-        hidden = self.model.model(**inputs, use_cache=False).last_hidden_state
-        positions = last_position(inputs["input_ids"], self.disc_emb_id)
-        return hidden[torch.arange(hidden.shape[0], device=hidden.device), positions]
+        return disc_states(self.model, model_inputs, self.disc_emb_id)
 
     def _rollout(
-        self, model_inputs: dict[str, torch.Tensor], generation_kwargs: dict[str, Any], with_disc: bool
+        self,
+        model_inputs: dict[str, torch.Tensor],
+        generation_kwargs: dict[str, Any],
+        with_disc: bool,
+        num_samples: int = 1,
+        seed: int | None = None,
+        items: list[Item] | None = None,
     ) -> Rollout:
         hooks = {
             key: generation_kwargs.pop(key)
@@ -344,9 +497,16 @@ class UMER1Embedder(InputModule):
             max_new_tokens=self.max_new_tokens,
             pad_token_id=self.tokenizer.pad_token_id,
             overrides=generation_kwargs,
+            num_samples=num_samples,
         )
         eos = config.eos_token_id
         eos_ids = set(eos if isinstance(eos, list) else [eos]) - {None}
+        if self.backend == "vllm":
+            from ume_plugins.vllm_backend import vllm_rollout
+
+            return vllm_rollout(
+                self, model_inputs, items, config, hooks, with_disc=with_disc, num_samples=num_samples, seed=seed
+            )
         return rollout(
             self.model,
             model_inputs,
@@ -357,6 +517,8 @@ class UMER1Embedder(InputModule):
             generation_kwargs=hooks,
             on_missing=self.on_missing_gen_emb,
             with_disc=with_disc,
+            num_samples=num_samples,
+            seed=seed,
         )
 
     def _normalised(self, states: torch.Tensor) -> torch.Tensor:
@@ -386,8 +548,15 @@ class UMER1Embedder(InputModule):
                 self.model.set_attn_implementation(attention)
 
     def save(self, output_path: str, *args: Any, safe_serialization: bool = True, **kwargs: Any) -> None:
-        """Write the model (safetensors), the processor and the UME-R1 settings to ``output_path``."""
-        self.model.save_pretrained(output_path, safe_serialization=True)
+        """Write the model (safetensors), the processor and the UME-R1 settings to ``output_path``.
+
+        With adapters loaded, the base weights are written as a plain checkpoint and each adapter
+        under ``adapters/<name>/``.
+        """
+        if has_adapter_layers(self.model):
+            save_adapted_model(self.model, output_path)
+        else:
+            self.model.save_pretrained(output_path, safe_serialization=True)
         self.processor.save_pretrained(output_path)
         self.save_config(output_path)
 
@@ -407,7 +576,8 @@ class UMER1Embedder(InputModule):
         """Load from a saved sentence-transformers folder or a raw UME-R1 checkpoint.
 
         Saved settings (``ume_r1_config.json``) are applied when present; unknown keys from newer
-        versions are skipped with a warning.
+        versions are skipped with a warning. Saved LoRA adapters are reloaded (and checked) with
+        their active and enabled state.
         """
         hub_kwargs = {
             "token": token,
@@ -416,12 +586,16 @@ class UMER1Embedder(InputModule):
             "local_files_only": local_files_only,
         }
         config = cls.load_config(model_name_or_path, subfolder=subfolder, **hub_kwargs)
+        adapters = config.pop(ADAPTERS_KEY, None)
         unknown = sorted(set(config) - set(cls.config_keys))
         if unknown:
             logger.warning("Ignoring unknown UME-R1 settings %s in %s", unknown, model_name_or_path)
         settings = {key: value for key, value in config.items() if key in cls.config_keys}
         path = f"{model_name_or_path}/{subfolder}" if subfolder else model_name_or_path
-        return cls(path, **settings, **hub_kwargs, model_kwargs=model_kwargs, processor_kwargs=processor_kwargs)
+        module = cls(path, **settings, **hub_kwargs, model_kwargs=model_kwargs, processor_kwargs=processor_kwargs)
+        if adapters:
+            load_saved_adapters(module.model, adapters, model_name_or_path, subfolder, **hub_kwargs)
+        return module
 
 
 @dataclass(frozen=True)
@@ -452,6 +626,8 @@ def encode_with_reasoning(model: SentenceTransformer, inputs: Sequence[Any], **k
     """
     if kwargs.get("mode") == "discriminative":
         raise ValueError("discriminative mode writes no reasoning; use mode='generative' or 'both'")
+    if kwargs.get("num_samples", 1) > 1:
+        raise ValueError("encode_with_reasoning reads one rollout per input; use output_value=None for k rollouts")
     rows = model.encode(list(inputs), output_value=None, **kwargs)
     module = model[0]
     return ReasonedEmbeddings(

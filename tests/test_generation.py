@@ -1,0 +1,130 @@
+from __future__ import annotations
+
+import gc
+
+import pytest
+import torch
+from transformers import LogitsProcessor
+
+from tests.conftest import REASONING, ScriptedDecoding
+
+
+class ScriptPerInput(LogitsProcessor):
+    """Forces a row to write the script of the first key token found in its prompt."""
+
+    def __init__(self, tokenizer, scripts: dict[str, str]):
+        self.scripted = {
+            tokenizer.convert_tokens_to_ids(key): ScriptedDecoding(tokenizer, script) for key, script in scripts.items()
+        }
+
+    def __call__(self, input_ids, scores):
+        out = scores.clone()
+        for row, ids in enumerate(input_ids):
+            key = next(token for token in self.scripted if token in ids)
+            out[row] = self.scripted[key](ids[None], scores[row : row + 1])[0]
+        return out
+
+
+def decoder_batch_sizes(module, run):
+    sizes = []
+    handle = module.model.model.language_model.register_forward_hook(
+        lambda mod, args, kwargs, output: sizes.append(output.last_hidden_state.shape), with_kwargs=True
+    )
+    try:
+        run()
+    finally:
+        handle.remove()
+    return sizes
+
+
+def test_a_finished_rollout_leaves_the_batch_at_once(model, module):
+    scripts = ScriptPerInput(module.tokenizer, {"<|box_start|>": "<gen_emb>", "<|box_end|>": REASONING})
+    inputs = ["<|box_start|>", "<|box_end|>"]
+    shapes = decoder_batch_sizes(
+        module, lambda: model.encode(inputs, batch_size=2, generation_kwargs={"logits_processor": [scripts]})
+    )
+    decode_rows = [shape[0] for shape in shapes[1:]]  # shapes[0] is the prefill
+    assert decode_rows[0] == 2 and set(decode_rows[1:]) == {1}
+    assert len(decode_rows) == len(module.tokenizer(REASONING, add_special_tokens=False)["input_ids"])
+
+
+def test_generate_and_per_step_hidden_states_are_never_used(model, module, monkeypatch):
+    def refuse(*args, **kwargs):
+        raise AssertionError("generate() must not be called")
+
+    monkeypatch.setattr(module.model, "generate", refuse)
+    seen = []
+    handle = module.model.model.language_model.register_forward_pre_hook(
+        lambda mod, args, kwargs: seen.append(kwargs.get("output_hidden_states")), with_kwargs=True
+    )
+    try:
+        model.encode(["a cat", "a dog"], generation_kwargs={"max_new_tokens": 6})
+    finally:
+        handle.remove()
+    assert seen and not any(seen)
+
+
+def live_float_bytes(exclude: set[int]) -> int:
+    return sum(
+        obj.nbytes
+        for obj in gc.get_objects()
+        if type(obj) is torch.Tensor and obj.is_floating_point() and id(obj) not in exclude
+    )
+
+
+def retained_at_last_step(model, module, budget: int) -> int:
+    """Float tensor bytes alive (weights and KV cache aside) during the last decoding step."""
+    weights = {id(tensor) for tensor in [*module.model.parameters(), *module.model.buffers()]}
+    steps, measured = [], []
+
+    def measure(mod, args, kwargs, output):
+        cache = kwargs["past_key_values"]
+        if cache is None:  # the prefill creates the cache
+            return
+        steps.append(1)
+        if len(steps) <= budget:
+            return
+        cached = {id(tensor) for layer in cache.layers for tensor in (layer.keys, layer.values)}
+        measured.append(live_float_bytes(weights | cached | {id(output.last_hidden_state)}))
+
+    handle = module.model.model.language_model.register_forward_hook(measure, with_kwargs=True)
+    try:
+        model.encode(["a cat", "a dog"], batch_size=2, generation_kwargs={"max_new_tokens": budget})
+    finally:
+        handle.remove()
+    assert len(steps) == budget + 1 and len(measured) == 1  # budget steps, then the forced <gen_emb>
+    return measured[0]
+
+
+def test_memory_besides_the_kv_cache_does_not_grow_with_steps(model, module):
+    short = retained_at_last_step(model, module, 4)
+    long = retained_at_last_step(model, module, 40)
+    hidden = module.get_embedding_dimension()
+    layers = module.model.config.text_config.num_hidden_layers
+    kept_states_per_step = 2 * (layers + 1) * hidden * 4  # what output_hidden_states would keep
+    assert long - short < kept_states_per_step  # 36 more steps keep less than one step's states
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"max_length": 20}, "use max_new_tokens"),
+        ({"num_return_sequences": 2}, "use num_samples"),
+        ({"use_cache": False}, "KV cache"),
+    ],
+)
+def test_generation_kwargs_the_engine_cannot_honour_are_rejected(model, kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        model.encode(["a cat"], generation_kwargs=kwargs)
+
+
+def test_config_processors_apply_as_in_generate(model, module):
+    """A generation-config field (here a repetition penalty) changes the rollout as it would in generate."""
+
+    def rollout(**kwargs):
+        row = model.encode(["a cat"], output_value=None, generation_kwargs={"max_new_tokens": 12, **kwargs})[0]
+        return row["generated_ids"].tolist()
+
+    plain, penalised = rollout(), rollout(repetition_penalty=1e6)
+    assert len(set(plain)) < len(plain)  # the random tiny model repeats itself
+    assert len(set(penalised)) == len(penalised)
