@@ -128,3 +128,40 @@ def test_config_processors_apply_as_in_generate(model, module):
     plain, penalised = rollout(), rollout(repetition_penalty=1e6)
     assert len(set(plain)) < len(plain)  # the random tiny model repeats itself
     assert len(set(penalised)) == len(penalised)
+
+
+class ScriptPerRow(LogitsProcessor):
+    """Forces batch row ``i`` to write ``scripts[i]``: it indexes rows, as a caller of generate may."""
+
+    def __init__(self, tokenizer, scripts: list[str]):
+        self.rows = [ScriptedDecoding(tokenizer, script) for script in scripts]
+
+    def __call__(self, input_ids, scores):
+        assert input_ids.shape[0] == len(self.rows), "a user processor must see the whole batch"
+        return torch.cat([script(ids[None], row[None]) for script, ids, row in zip(self.rows, input_ids, scores)])
+
+
+def test_user_processors_see_the_whole_batch_and_match_generate(module):
+    scripts = ["<gen_emb>", REASONING, "<think> x </think><gen_emb>"]
+    features = module.preprocess(["first", "second input", "third"], mode="generative")
+    ours = module.forward(
+        dict(features), generation_kwargs={"logits_processor": [ScriptPerRow(module.tokenizer, scripts)]}
+    )
+    assert not ours["gen_emb_forced"].any()
+    inputs = {key: value for key, value in features.items() if not key.startswith(("ume_", "images_per", "videos_per"))}
+    with torch.no_grad():
+        out = module.model.generate(
+            **inputs,
+            max_new_tokens=40,
+            do_sample=False,
+            logits_processor=[ScriptPerRow(module.tokenizer, scripts)],
+            output_hidden_states=True,
+            return_dict_in_generate=True,
+        )
+    prompt_len = inputs["input_ids"].shape[1]
+    for row, script in enumerate(scripts):
+        written = out.sequences[row, prompt_len:].tolist()
+        step = written.index(module.gen_emb_id) + 1
+        expected = torch.nn.functional.normalize(out.hidden_states[step][-1][row, 0].float(), dim=-1)
+        assert module.decode_reasoning(ours["generated_ids"][row]) == module.tokenizer.decode(written[:step])
+        assert torch.dot(ours["sentence_embedding"][row], expected) >= 0.9999

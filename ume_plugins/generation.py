@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 import torch
-from transformers import GenerationConfig, LogitsProcessorList, StoppingCriteriaList
+from transformers import GenerationConfig, LogitsProcessor, LogitsProcessorList, StoppingCriteria, StoppingCriteriaList
 
 from ume_plugins.sampling import SeededSampler, rollout_seed
 
@@ -273,8 +273,12 @@ class _DecodeLoop:
         self.states = torch.zeros(rows, model.config.text_config.hidden_size, dtype=torch.float32)
         self.forced = torch.zeros(rows, dtype=torch.bool)
         self.generated: list[list[int]] = [[] for _ in range(rows)]
+        # User callables may index rows or keep per-row state: they see every row, as in generate.
+        self.all_ids = input_ids if user_processors or user_stopping else None
+        self.pad_id = config.pad_token_id
+        user_processors = [_WholeBatchProcessor(processor, self) for processor in user_processors]
         self.processors = _logits_processors(model, config, input_ids, attention_mask, user_processors)
-        self.stopping = StoppingCriteriaList(user_stopping)
+        self.stopping = StoppingCriteriaList([_WholeBatchStopping(criterion, self) for criterion in user_stopping])
         self.sampler = None
         if config.do_sample:
             if seed is None:
@@ -337,6 +341,8 @@ class _DecodeLoop:
     def _feed(self, tokens: torch.Tensor) -> torch.Tensor:
         """One cached decoder step; returns the final-norm state ``[rows, hidden]`` of the fed tokens."""
         self.ids = torch.cat([self.ids, tokens[:, None]], dim=-1)
+        if self.all_ids is not None:
+            self.all_ids = self.whole_batch(self.ids)
         self.mask = torch.cat([self.mask, torch.ones_like(self.mask[:, :1])], dim=-1)
         self.lengths = self.lengths + 1
         position = (self.lengths[:, None] - 1 + self.offsets).unsqueeze(0).expand(3, -1, -1)
@@ -359,6 +365,14 @@ class _DecodeLoop:
             # A forced <gen_emb> was fed, not written: it is not part of the reasoning.
             self.generated[output] = ids[:-1] if self.forced[output] else ids
 
+    def whole_batch(self, live_ids: torch.Tensor) -> torch.Tensor:
+        """``live_ids`` placed among every row of the batch, finished rows padded as ``generate`` pads them."""
+        width = live_ids.shape[1]
+        full = torch.full((len(self.all_ids), width), self.pad_id, dtype=live_ids.dtype, device=live_ids.device)
+        full[:, : self.all_ids.shape[1]] = self.all_ids[:, :width]
+        full[self.live.to(full.device)] = live_ids
+        return full
+
     def _drop(self, keep: torch.Tensor) -> None:
         """Remove finished rows from every per-row tensor and from the KV cache."""
         rows = keep.nonzero().flatten()
@@ -368,6 +382,35 @@ class _DecodeLoop:
         self.live = self.live[rows.cpu()]
         if self.sampler is not None:
             self.sampler.keep(rows)
+
+
+class _WholeBatchProcessor(LogitsProcessor):
+    """A user's logits processor, called with every row of the batch; finished rows get zero scores."""
+
+    def __init__(self, inner: Any, loop: _DecodeLoop) -> None:
+        self.inner, self.loop = inner, loop
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        live = self.loop.live.to(scores.device)
+        full = scores.new_zeros((len(self.loop.all_ids), scores.shape[-1]))
+        full[live] = scores
+        return self.inner(self.loop.whole_batch(input_ids), full)[live]
+
+
+class _WholeBatchStopping(StoppingCriteria):
+    """A user's stopping criterion, called with every row of the batch."""
+
+    def __init__(self, inner: Any, loop: _DecodeLoop) -> None:
+        self.inner, self.loop = inner, loop
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor, **kwargs: Any) -> torch.BoolTensor:
+        live = self.loop.live.to(input_ids.device)
+        full = scores.new_zeros((len(self.loop.all_ids), scores.shape[-1]))
+        full[live] = scores
+        stopped = self.inner(self.loop.whole_batch(input_ids), full, **kwargs)
+        if isinstance(stopped, bool):
+            return torch.full((len(live),), stopped, dtype=torch.bool, device=input_ids.device)
+        return stopped.to(input_ids.device)[live]
 
 
 def _logits_processors(
