@@ -138,7 +138,9 @@ class ScriptPerRow(LogitsProcessor):
 
     def __call__(self, input_ids, scores):
         assert input_ids.shape[0] == len(self.rows), "a user processor must see the whole batch"
-        return torch.cat([script(ids[None], row[None]) for script, ids, row in zip(self.rows, input_ids, scores)])
+        return torch.cat(
+            [script(ids[None], row[None]) for script, ids, row in zip(self.rows, input_ids, scores, strict=True)]
+        )
 
 
 def test_user_processors_see_the_whole_batch_and_match_generate(module):
@@ -159,7 +161,7 @@ def test_user_processors_see_the_whole_batch_and_match_generate(module):
             return_dict_in_generate=True,
         )
     prompt_len = inputs["input_ids"].shape[1]
-    for row, script in enumerate(scripts):
+    for row in range(len(scripts)):
         written = out.sequences[row, prompt_len:].tolist()
         step = written.index(module.gen_emb_id) + 1
         expected = torch.nn.functional.normalize(out.hidden_states[step][-1][row, 0].float(), dim=-1)
