@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import peft
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
@@ -18,7 +19,6 @@ from tests.conftest import REASONING, ScriptedDecoding, gradient, solid
 from ume_plugins import adapters
 from ume_plugins.adapters import AdapterMismatchError
 
-peft = pytest.importorskip("peft")
 pytestmark = pytest.mark.filterwarnings("ignore:`is_gradient_checkpointing` is deprecated:FutureWarning")
 
 INPUTS = ["a red fox jumps over a fence", {"text": "a cat", "image": solid((200, 30, 30))}, gradient()]

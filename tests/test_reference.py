@@ -10,12 +10,11 @@ eval's version) did for frame lists; newer releases re-budget frame lists with v
 from __future__ import annotations
 
 import pytest
+import qwen_vl_utils
 import torch
 from PIL import Image
 
 from tests.conftest import REASONING, ScriptedDecoding, gradient, solid
-
-qwen_vl_utils = pytest.importorskip("qwen_vl_utils")
 
 OFFICIAL_GEN_PROMPT = (
     "Represent the above input text, images, videos, or any combination of the three as embeddings. "
