@@ -18,8 +18,14 @@ _VISUAL_KEYS = (
     ("pixel_values_videos", "video_grid_thw", "videos_per_row"),
 )
 _TOKEN_KEYS = ("input_ids", "attention_mask", "mm_token_type_ids")
+_COUNT_KEYS = tuple(count_key for _, _, count_key in _VISUAL_KEYS)
 # Extra padded tokens a group may carry, as a share of its real tokens.
 MAX_PADDING = 0.25
+
+
+def model_inputs(features: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The features the model takes: everything but the per-row image/video counts."""
+    return {key: value for key, value in features.items() if key not in _COUNT_KEYS}
 
 
 def select_rows(features: dict[str, torch.Tensor], rows: list[int]) -> dict[str, torch.Tensor]:

@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import torch
 
-from ume_plugins.batching import length_groups, sub_batch
+from ume_plugins.batching import length_groups, model_inputs, sub_batch
 from ume_plugins.generation import last_position
-
-_COUNT_KEYS = ("images_per_row", "videos_per_row")
 
 
 def disc_states(model: torch.nn.Module, features: dict[str, torch.Tensor], disc_emb_id: int) -> torch.Tensor:
@@ -29,7 +27,7 @@ def disc_states(model: torch.nn.Module, features: dict[str, torch.Tensor], disc_
 
 
 def _group_states(model: torch.nn.Module, features: dict[str, torch.Tensor], disc_emb_id: int) -> torch.Tensor:
-    inputs = {key: value for key, value in features.items() if key not in _COUNT_KEYS}
+    inputs = model_inputs(features)
     hidden = model.model(**inputs, use_cache=False).last_hidden_state
     rows = torch.arange(hidden.shape[0], device=hidden.device)
     return hidden[rows, last_position(inputs["input_ids"], disc_emb_id)]

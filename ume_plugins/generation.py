@@ -31,6 +31,7 @@ from typing import Any, Literal
 import torch
 from transformers import GenerationConfig, LogitsProcessor, LogitsProcessorList, StoppingCriteria, StoppingCriteriaList
 
+from ume_plugins.batching import model_inputs
 from ume_plugins.sampling import SeededSampler, rollout_seed
 
 logger = logging.getLogger(__name__)
@@ -54,7 +55,6 @@ _UNSUPPORTED_GENERATION_KWARGS: dict[str, tuple[tuple[Any, ...], str]] = {
     "guidance_scale": ((None, 1, 1.0), "classifier-free guidance is not supported"),
 }
 _SAMPLING_ONLY = ("temperature", "top_p", "top_k", "min_p", "typical_p", "epsilon_cutoff", "eta_cutoff")
-_COUNT_KEYS = ("images_per_row", "videos_per_row")
 
 
 class GenEmbMissingError(RuntimeError):
@@ -189,7 +189,7 @@ def rollout(
     Raises:
         GenEmbMissingError: A rollout ended without ``<gen_emb>`` and ``on_missing="raise"``.
     """
-    inputs = {key: value for key, value in features.items() if key not in _COUNT_KEYS}
+    inputs = model_inputs(features)
     input_ids = inputs["input_ids"]
     batch = input_ids.shape[0]
     positions, offsets = prompt_positions(model, inputs)
