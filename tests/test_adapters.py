@@ -121,17 +121,17 @@ def both(folders):
 
 def test_adapters_give_their_own_vectors_and_disabling_gives_the_base(both, base_vectors, expected):
     assert both[0].adapter_names == ["retrieval", "classify"]
-    assert both.active_adapters() == ["retrieval"]
+    assert both[0].active_adapters() == ["retrieval"]
     vectors = both.encode(INPUTS)
     assert cosines(vectors, base_vectors).max() < 0.99
     assert cosines(vectors, expected["retrieval"]).min() >= 0.9999
     np.testing.assert_array_equal(both.encode(INPUTS), vectors)  # dropout stays off
 
-    both.disable_adapters()
+    both[0].disable_adapters()
     try:
         np.testing.assert_allclose(both.encode(INPUTS), base_vectors, atol=1e-6)
     finally:
-        both.enable_adapters()
+        both[0].enable_adapters()
     np.testing.assert_array_equal(both.encode(INPUTS), vectors)
 
 
@@ -139,25 +139,25 @@ def test_adapter_per_call_runs_that_adapter_and_restores_the_active_one(both, ba
     classify = both.encode(INPUTS, adapter="classify")  # DoRA: magnitudes must load too
     assert cosines(classify, expected["classify"]).min() >= 0.9999
     assert cosines(classify, base_vectors).max() < 0.99
-    assert both.active_adapters() == ["retrieval"]
+    assert both[0].active_adapters() == ["retrieval"]
     assert cosines(both.encode(INPUTS), expected["retrieval"]).min() >= 0.9999
 
-    both.set_adapter("classify")
+    both[0].set_adapter("classify")
     try:
         np.testing.assert_array_equal(both.encode(INPUTS), classify)
     finally:
-        both.set_adapter("retrieval")
+        both[0].set_adapter("retrieval")
 
-    both.disable_adapters()
+    both[0].disable_adapters()
     try:
         np.testing.assert_array_equal(both.encode(INPUTS, adapter="classify"), classify)
         np.testing.assert_allclose(both.encode(INPUTS), base_vectors, atol=1e-6)  # still disabled
     finally:
-        both.enable_adapters()
+        both[0].enable_adapters()
 
     with pytest.raises(ValueError, match=r"unknown adapter\(s\) \['nope'\]"):
         both.encode(INPUTS, adapter="nope")
-    assert both.active_adapters() == ["retrieval"]
+    assert both[0].active_adapters() == ["retrieval"]
 
 
 def test_adapter_per_call_in_generative_mode(model, both):
@@ -169,11 +169,11 @@ def test_adapter_per_call_in_generative_mode(model, both):
     classify = both.encode(inputs, generation_kwargs=hooks, adapter="classify", **scripted)
     assert cosines(retrieval, base).max() < 0.99
     assert cosines(classify, retrieval).max() < 0.99
-    both.set_adapter("classify")
+    both[0].set_adapter("classify")
     try:
         np.testing.assert_allclose(both.encode(inputs, generation_kwargs=hooks, **scripted), classify, atol=1e-6)
     finally:
-        both.set_adapter("retrieval")
+        both[0].set_adapter("retrieval")
 
 
 def test_legacy_keys_load_like_their_modern_twin(folders, expected):
@@ -189,7 +189,7 @@ def test_legacy_keys_load_like_their_modern_twin(folders, expected):
 def test_mismatched_adapter_raises_listing_keys_and_leaves_the_model_untouched(folders, base_vectors):
     fresh = load()
     with pytest.raises(AdapterMismatchError, match=r"layers\.7\.self_attn\.q_proj\.lora_A") as error:
-        fresh.load_adapter(str(folders["mismatched"]), adapter_name="bad")  # sentence-transformers' entry point
+        fresh[0].load_adapter(str(folders["mismatched"]), adapter_name="bad")
     assert any(".layers.1." in key for key in error.value.not_in_file)
     assert fresh[0].adapter_names == []
     assert not any("lora" in name for name, _ in fresh.named_parameters())
@@ -198,7 +198,7 @@ def test_mismatched_adapter_raises_listing_keys_and_leaves_the_model_untouched(f
     adapted = load(folders["retrieval"])
     before = adapted.encode(INPUTS)
     with pytest.raises(AdapterMismatchError):
-        adapted.load_adapter(str(folders["mismatched"]), adapter_name="bad")
+        adapted[0].load_adapter(str(folders["mismatched"]), adapter_name="bad")
     assert adapted[0].adapter_names == ["default"]
     np.testing.assert_array_equal(adapted.encode(INPUTS), before)
 
@@ -213,13 +213,13 @@ def test_pickled_adapter_is_refused(folders, tmp_path):
 
 
 def test_save_records_adapters_and_reloads_identical_vectors(both, folders, tmp_path):
-    both.set_adapter("classify")
+    both[0].set_adapter("classify")
     try:
         vectors = both.encode(INPUTS)
         retrieval = both.encode(INPUTS, adapter="retrieval")
         both.save(str(tmp_path))
     finally:
-        both.set_adapter("retrieval")
+        both[0].set_adapter("retrieval")
 
     for name in ("retrieval", "classify"):
         assert sorted(p.name for p in (tmp_path / "adapters" / name).iterdir()) == [
@@ -235,7 +235,7 @@ def test_save_records_adapters_and_reloads_identical_vectors(both, folders, tmp_
     from sentence_transformers import SentenceTransformer
 
     reloaded = SentenceTransformer(str(tmp_path), device="cpu")
-    assert reloaded.active_adapters() == ["classify"]
+    assert reloaded[0].active_adapters() == ["classify"]
     np.testing.assert_allclose(reloaded.encode(INPUTS, **DISC), vectors, atol=1e-6)
     np.testing.assert_allclose(reloaded.encode(INPUTS, adapter="retrieval", **DISC), retrieval, atol=1e-6)
     np.testing.assert_allclose(ume_plugins.load(str(tmp_path), device="cpu").encode(INPUTS, **DISC), vectors, atol=1e-6)
@@ -260,7 +260,7 @@ def test_merge_and_unload_matches_and_saves_a_plain_checkpoint(folders, tmp_path
 
 def test_deleting_every_adapter_gives_back_the_base_and_saves_it_plain(folders, base_vectors, tmp_path):
     adapted = load(folders["retrieval"])
-    adapted.delete_adapter("default")
+    adapted[0].delete_adapter("default")
     assert adapted[0].adapter_names == []
     np.testing.assert_allclose(adapted.encode(INPUTS), base_vectors, atol=1e-6)
     adapted.save(str(tmp_path))
@@ -270,7 +270,7 @@ def test_deleting_every_adapter_gives_back_the_base_and_saves_it_plain(folders, 
 
 
 def test_missing_peft_fails_with_the_install_line(monkeypatch, folders):
-    monkeypatch.setattr(adapters, "is_peft_available", lambda: False)
+    monkeypatch.setattr(adapters.source, "is_peft_available", lambda: False)
     with pytest.raises(ImportError, match=r"pip install 'ume-plugins\[peft\]'"):
         load(str(folders["retrieval"]))
 
