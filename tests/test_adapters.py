@@ -6,6 +6,7 @@ import json
 import shutil
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -288,3 +289,86 @@ def test_core_imports_and_encodes_without_peft():
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
     assert "pip install 'ume-plugins[peft]'" in result.stdout
+
+
+def test_module_adapter_methods_refuse_clearly_without_adapters(module):
+    for call in (
+        lambda: module.set_adapter("retrieval"),
+        module.disable_adapters,
+        module.enable_adapters,
+        lambda: module.delete_adapter("retrieval"),
+        module.merge_and_unload,
+    ):
+        with pytest.raises(ValueError, match="the model has no adapter; load one with load_adapter first"):
+            call()
+    assert module.active_adapters() == []
+
+
+def test_deleting_one_adapter_keeps_the_other_active(folders, expected):
+    adapted = load({"retrieval": folders["retrieval"], "classify": folders["classify"]})
+    with pytest.raises(ValueError, match=r"unknown adapter\(s\) \['nope'\]"):
+        adapted[0].set_adapter("nope")
+    adapted[0].delete_adapter("retrieval")
+    assert adapted[0].adapter_names == ["classify"]
+    assert adapted[0].active_adapters() == ["classify"]
+    assert cosines(adapted.encode(INPUTS), expected["classify"]).min() >= 0.9999
+    assert not any(".retrieval." in name for name, _ in adapted.named_parameters())
+
+
+def test_adapter_life_cycle_needs_neither_transformers_peft_integration_nor_deprecated_calls(
+    folders, expected, monkeypatch, tmp_path
+):
+    """transformers 5.24 refuses peft < 0.22 in its own integration; ours must not route through it."""
+    import transformers.integrations.peft as transformers_peft
+
+    def refuse(min_version: str) -> None:
+        raise AssertionError(f"went through transformers' peft integration (needs peft >= {min_version})")
+
+    monkeypatch.setattr(transformers_peft, "check_peft_version", refuse)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        adapted = load({"retrieval": folders["retrieval"], "classify": folders["classify"]})
+        classify = adapted.encode(INPUTS, adapter="classify")
+        adapted[0].set_adapter("classify")
+        adapted[0].disable_adapters()
+        adapted[0].enable_adapters()
+        np.testing.assert_array_equal(adapted.encode(INPUTS), classify)
+        adapted.save(str(tmp_path / "saved"))
+        reloaded = ume_plugins.load(str(tmp_path / "saved"), device="cpu")
+        assert reloaded[0].active_adapters() == ["classify"]
+        np.testing.assert_allclose(reloaded.encode(INPUTS, **DISC), classify, atol=1e-6)
+        assert adapted[0].merge_and_unload() == ["classify"]
+        assert cosines(adapted.encode(INPUTS), expected["classify"]).min() >= 0.9999
+    ours = [
+        f"{warning.filename}:{warning.lineno}: {warning.message}"
+        for warning in caught
+        if issubclass(warning.category, (DeprecationWarning, FutureWarning))
+        and Path(warning.filename).is_relative_to(Path(ume_plugins.__file__).parent)
+    ]
+    assert ours == []
+
+
+def test_peft_contract_injected_adapters_are_recorded_and_switched_on_the_plain_model():
+    """The peft seams ume_plugins.adapters relies on; a failure names the peft release that changed them."""
+    from peft.functional import inject_adapter_in_model, set_adapter
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    class Block(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.q_proj = torch.nn.Linear(4, 4)
+
+    model = Block()
+    for name in ("one", "two"):
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="Already found a `peft_config` attribute")
+            inject_adapter_in_model(peft.LoraConfig(r=2, target_modules=["q_proj"]), model, name)
+    changed = f"peft {peft.__version__} changed a seam ume_plugins.adapters uses:"
+    assert list(vars(model).get("peft_config", {})) == ["one", "two"], f"{changed} model.peft_config"
+    assert isinstance(model.q_proj, BaseTunerLayer), f"{changed} adapter layers are no longer BaseTunerLayer"
+    set_adapter(model, ["two"], inference_mode=True)
+    model.q_proj.enable_adapters(False)
+    assert model.q_proj.active_adapters == ["two"], f"{changed} active_adapters"
+    assert model.q_proj.disable_adapters, f"{changed} enable_adapters / disable_adapters"
+    assert "lora_A" in model.q_proj.adapter_layer_names, f"{changed} adapter_layer_names"
+    assert isinstance(model.q_proj.get_base_layer(), torch.nn.Linear), f"{changed} get_base_layer"
