@@ -79,11 +79,8 @@ def adapters_enabled(model: PreTrainedModel) -> bool:
 
 def has_adapter_layers(model: PreTrainedModel) -> bool:
     """True when adapter layers wrap some of ``model``'s modules (its weights save differently)."""
-    if "peft" not in sys.modules:  # no adapter layer exists before peft is imported
-        return False
-    from peft.tuners.tuners_utils import BaseTunerLayer
-
-    return any(isinstance(module, BaseTunerLayer) for module in model.modules())
+    # No adapter layer exists before peft is imported (and peft may be absent).
+    return "peft" in sys.modules and next(_wrapped_modules(model), None) is not None
 
 
 def loaded(model: PreTrainedModel, adapter: str | Sequence[str], action: str) -> list[str]:
@@ -206,9 +203,7 @@ def merge_and_unload(model: PreTrainedModel, adapter: str | Sequence[str] | None
 
 def base_state_dict(model: PreTrainedModel) -> dict[str, torch.Tensor]:
     """``model``'s state dict as if no adapter layer wrapped its modules."""
-    from peft.tuners.tuners_utils import BaseTunerLayer
-
-    wrapped = {name for name, module in model.named_modules() if isinstance(module, BaseTunerLayer)}
+    wrapped = {path for path, _ in _wrapped_modules(model)}
     state = {}
     for key, value in model.state_dict().items():
         owner = _owning_layer(key, wrapped)
@@ -236,13 +231,17 @@ def refuse_base_changes(model: PreTrainedModel) -> None:
 
 
 def _tuner_layers(model: PreTrainedModel) -> Iterator[Any]:
-    if not adapter_configs(model):  # no adapter was injected (and peft may be absent)
-        return
+    if adapter_configs(model):  # else no adapter was injected (and peft may be absent)
+        yield from (layer for _, layer in _wrapped_modules(model))
+
+
+def _wrapped_modules(model: PreTrainedModel) -> Iterator[tuple[str, Any]]:
+    """Each adapter layer in ``model`` (a peft wrapper around a base module) with its path."""
     from peft.tuners.tuners_utils import BaseTunerLayer
 
-    for module in model.modules():
+    for path, module in model.named_modules():
         if isinstance(module, BaseTunerLayer):
-            yield module
+            yield path, module
 
 
 def _adapter_parameters(model: PreTrainedModel) -> Iterator[torch.nn.Parameter]:
@@ -278,11 +277,7 @@ def _remove(model: PreTrainedModel, name: str) -> None:
 
 def _unwrap(model: PreTrainedModel, merge: Sequence[str] | None) -> None:
     """Replace every adapter layer with its base layer, merging ``merge`` adapters into it first."""
-    from peft.tuners.tuners_utils import BaseTunerLayer
-
-    for path, module in list(model.named_modules()):
-        if not isinstance(module, BaseTunerLayer):
-            continue
+    for path, module in list(_wrapped_modules(model)):
         if merge:
             module.merge(adapter_names=list(merge))
         parent, _, child = path.rpartition(".")
