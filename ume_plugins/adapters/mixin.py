@@ -16,7 +16,7 @@ if TYPE_CHECKING:
     from transformers import PreTrainedModel
 
 REQUIREMENTS: dict[str, dict[str, str]] = {
-    "transformers": {"specifier": ">=5.0", "reason": "UME-R1 modules use the transformers 5 Qwen2-VL layout."},
+    "transformers": {"specifier": ">=5.16", "reason": "UME-R1 modules use the transformers 5 Qwen2-VL layout."},
 }
 ADAPTER_REQUIREMENTS: dict[str, dict[str, str]] = {
     "peft": {"specifier": ">=0.20", "reason": f"The model carries LoRA adapters: {PEFT_INSTALL}"},
