@@ -16,7 +16,7 @@ import pytest
 
 from tests.conftest import gradient, solid
 from tests.hostile import hostile_server
-from ume_plugins import cli, jobs
+from ume_plugins import chunks, jobs
 from ume_plugins.cli import main
 from ume_plugins.jobs import Chunk, JobFolder, JobMismatchError
 
@@ -51,13 +51,13 @@ def finished_cleanly(output: Path) -> bool:
 def computed_chunks(monkeypatch):
     """Indices of the first input of each chunk the CLI computes."""
     starts: list[int] = []
-    encode_chunk = cli.encode_chunk
+    encode_chunk = chunks.encode_chunk
 
     def spy(model, records, start, *args, **kwargs):
         starts.append(start)
         return encode_chunk(model, records, start, *args, **kwargs)
 
-    monkeypatch.setattr(cli, "encode_chunk", spy)
+    monkeypatch.setattr(chunks, "encode_chunk", spy)
     return starts
 
 
@@ -202,7 +202,8 @@ def test_a_folder_holding_other_files_is_refused(small_job, tmp_path, capsys):
 
 def test_embeddings_npy_is_what_numpy_save_writes(tmp_path):
     vectors = np.arange(12, dtype=np.float32).reshape(3, 4)
-    folder = JobFolder(tmp_path / "out", {"job": 1}, chunk_count=2, dim=4)
+    folder = JobFolder(tmp_path / "out", {"job": 1}, chunk_count=2)
+    folder.claim({"dim": 4})
     folder.save_chunk(0, Chunk([{"id": "a"}, {"id": "b"}], [], vectors[:2]))
     folder.save_chunk(1, Chunk([{"id": "c"}], [{"index": 3, "id": "d", "error": "bad"}], vectors[2:]))
     folder.assemble({"model": "m"})
@@ -213,7 +214,8 @@ def test_embeddings_npy_is_what_numpy_save_writes(tmp_path):
 
 
 def test_a_job_where_every_input_fails_still_writes_empty_artefacts(tmp_path):
-    folder = JobFolder(tmp_path / "out", {"job": 1}, chunk_count=1, dim=8)
+    folder = JobFolder(tmp_path / "out", {"job": 1}, chunk_count=1)
+    folder.claim({"dim": 8})
     folder.save_chunk(0, Chunk([], [{"index": 0, "id": "a", "error": "bad"}], np.zeros((0, 8), np.float32)))
     folder.assemble({})
     assert np.load(tmp_path / "out" / "embeddings.npy").shape == (0, 8)
@@ -223,7 +225,8 @@ def test_a_job_where_every_input_fails_still_writes_empty_artefacts(tmp_path):
 def test_leftover_temporary_files_do_not_make_a_folder_foreign(tmp_path):
     (tmp_path / "out").mkdir()
     (tmp_path / "out" / f".manifest.json.{os.getpid() + 1}.tmp").write_bytes(b"{half a manif")
-    folder = JobFolder(tmp_path / "out", {"job": 1}, chunk_count=1, dim=8)
+    folder = JobFolder(tmp_path / "out", {"job": 1}, chunk_count=1)
+    folder.claim({"dim": 8})
     assert folder.finished_chunks() == set()
     with pytest.raises(JobMismatchError, match="differs in: job"):
-        JobFolder(tmp_path / "out", {"job": 2}, chunk_count=1, dim=8)
+        JobFolder(tmp_path / "out", {"job": 2}, chunk_count=1)
