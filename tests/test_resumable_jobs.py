@@ -169,9 +169,14 @@ def test_a_job_killed_before_any_file_lands_resumes_to_byte_identical_output(
         assert finished_cleanly(output)
 
 
-def test_a_finished_job_is_not_run_again(small_job, reference, tmp_path, capsys, computed_chunks):
+def test_a_finished_job_is_not_run_again(small_job, reference, tmp_path, capsys, computed_chunks, monkeypatch):
     output = tmp_path / "out"
     assert main(encode_args(small_job, output, "--chunk-size", "2")) == 0
+
+    def no_loading(*args, **kwargs):
+        raise AssertionError("a finished job must be recognised before any model loads")
+
+    monkeypatch.setattr("ume_plugins.loading.load", no_loading)
     assert main(encode_args(small_job, output, "--chunk-size", "2")) == 0
     assert "already holds this job's finished output" in capsys.readouterr().out
     assert computed_chunks == [0, 2, 4] and artefacts(output) == reference
@@ -185,9 +190,12 @@ def test_a_finished_job_is_not_run_again(small_job, reference, tmp_path, capsys,
         (["--chunk-size", "2", "--max-length", "500"], "settings.max_length"),
     ],
 )
-def test_a_folder_made_by_another_command_is_refused(small_job, reference, tmp_path, capsys, changed, differs):
+def test_a_folder_made_by_another_command_is_refused(
+    small_job, reference, tmp_path, capsys, changed, differs, monkeypatch
+):
     output = tmp_path / "out"
     assert main(encode_args(small_job, output, "--chunk-size", "2")) == 0
+    monkeypatch.setattr("ume_plugins.loading.load", lambda *args, **kwargs: pytest.fail("refused after loading"))
     assert main(encode_args(small_job, output, *changed)) == 2
     assert f"holds a different encode job (differs in: {differs})" in capsys.readouterr().err
     assert artefacts(output) == reference
@@ -230,3 +238,15 @@ def test_leftover_temporary_files_do_not_make_a_folder_foreign(tmp_path):
     assert folder.finished_chunks() == set()
     with pytest.raises(JobMismatchError, match="differs in: job"):
         JobFolder(tmp_path / "out", {"job": 2}, chunk_count=1)
+
+
+def test_chunks_computed_on_other_hardware_are_refused(tmp_path):
+    # Another CPU thread count (or GPU model) reduces in another order: the bytes would differ.
+    facts = {"dim": 2, "device": "cpu", "dtype": "torch.float32", "threads": 2}
+    folder = JobFolder(tmp_path / "out", {"job": 1}, chunk_count=2)
+    folder.claim(facts)
+    folder.save_chunk(0, Chunk([{"id": "a"}], [], np.ones((1, 2), np.float32)))
+    resumed = JobFolder(tmp_path / "out", {"job": 1}, chunk_count=2)
+    assert resumed.finished_chunks() == {0}
+    with pytest.raises(JobMismatchError, match="differs in: threads"):
+        resumed.claim({**facts, "threads": 1})

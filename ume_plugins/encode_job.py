@@ -22,8 +22,6 @@ from ume_plugins import chunks
 from ume_plugins.jobs import SUMMARY, Chunk, JobFolder
 from ume_plugins.records import Record, read_records
 
-_PROGRESS_LOGGERS = ("", "ume_plugins")
-
 
 @dataclass(frozen=True)
 class JobOptions:
@@ -197,8 +195,8 @@ def run_local(job: Job, progress: bool = True) -> JobResult:
         facts = chunks.model_facts(model)
         done = job.inputs_in(sorted(set(range(job.chunk_count)) - set(pending)))
         bar = tqdm(total=len(job.records), initial=done, unit="input", desc="Encoding", disable=not progress)
-        loggers = [logging.getLogger(name) for name in _PROGRESS_LOGGERS]
-        with bar, logging_redirect_tqdm(loggers=loggers):
+        # Our warnings print above the bar, not through it (other loggers keep their own handlers).
+        with bar, logging_redirect_tqdm(loggers=[logging.getLogger("ume_plugins")]):
             for index in pending:
                 options = job.options
                 records = job.chunk_records(index)
