@@ -54,7 +54,7 @@ def encode_command(args: argparse.Namespace) -> int:
     if args.ray is None:
         result = run_local(job, progress=not args.no_progress)
     else:
-        from ume_plugins.distributed import RayUnavailableError, run_on_ray
+        from ume_plugins.distributed import RayJobError, RayUnavailableError, run_on_ray
 
         address = args.ray if args.ray != _LOCAL_RAY else None
         try:
@@ -65,9 +65,9 @@ def encode_command(args: argparse.Namespace) -> int:
                 cpus_per_actor=args.cpus_per_actor,
                 progress=not args.no_progress,
             )
-        except RayUnavailableError as error:
+        except (RayUnavailableError, RayJobError) as error:
             print(f"error: {error}", file=sys.stderr)
-            return 2
+            return 2 if isinstance(error, RayUnavailableError) else 1
     skipped = f"; skipped {result.skipped} (see errors.jsonl)" if result.skipped else ""
     disc = "; discriminative vectors in disc_embeddings.npy" if result.mode == "both" else ""
     print(f"Embedded {result.count} inputs ({result.mode}, dim {result.dim}) into {result.output}{skipped}{disc}")

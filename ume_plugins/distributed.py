@@ -32,6 +32,10 @@ class RayUnavailableError(ImportError):
     """Ray is not installed."""
 
 
+class RayJobError(RuntimeError):
+    """The cluster could not be joined, or an actor failed (its traceback is in the log above)."""
+
+
 def encode_dataset(
     source: str | Path,
     output: str | Path,
@@ -94,6 +98,7 @@ def run_on_ray(
 
     Raises:
         RayUnavailableError: Ray is not installed (the message is the pip line).
+        RayJobError: The cluster cannot be joined, or an actor failed (e.g. its model did not load).
         ~ume_plugins.hub_access.HubUnreachableError: The model's hub cannot be reached.
     """
     pending = job.pending()
@@ -105,7 +110,10 @@ def run_on_ray(
     request = job.options.model_request(hub_kwargs_for(job.options.model))
     started = not ray.is_initialized()
     if started:
-        ray.init(address=address, logging_level=logging.WARNING)
+        try:
+            ray.init(address=address, logging_level=logging.WARNING)
+        except ConnectionError as error:
+            raise RayJobError(f"cannot join the Ray cluster at {address or 'RAY_ADDRESS'}: {error}") from None
     try:
         _quiet_ray_data(ray)
         resources = ray.cluster_resources()
@@ -114,6 +122,9 @@ def run_on_ray(
         size = max(1, min(size, len(pending)))
         logger.info("Encoding %d chunks on %d %s actors", len(pending), size, "GPU" if gpus else "CPU")
         _compute(ray, job, pending, request, size, gpus > 0, cpus_per_actor, progress)
+    except ray.exceptions.RayError as error:
+        # Ray has logged the traceback; its last line names the actor's own exception.
+        raise RayJobError(f"the Ray job failed: {str(error).strip().splitlines()[-1]}") from None
     finally:
         if started:
             ray.shutdown()
