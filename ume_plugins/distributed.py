@@ -15,9 +15,10 @@ the same path on every node (a shared file system), or be URLs or Parquet bytes.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import pickle
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -115,13 +116,13 @@ def run_on_ray(
         except ConnectionError as error:
             raise RayJobError(f"cannot join the Ray cluster at {address or 'RAY_ADDRESS'}: {error}") from None
     try:
-        _quiet_ray_data(ray)
         resources = ray.cluster_resources()
         gpus = int(resources.get("GPU", 0))
         size = actors or (gpus or int(resources.get("CPU", 1) // cpus_per_actor))
         size = max(1, min(size, len(pending)))
         logger.info("Encoding %d chunks on %d %s actors", len(pending), size, "GPU" if gpus else "CPU")
-        _compute(ray, job, pending, request, size, gpus > 0, cpus_per_actor, progress)
+        with _quiet_ray_data(ray):
+            _compute(ray, job, pending, request, size, gpus > 0, cpus_per_actor, progress)
     except ray.exceptions.RayError as error:
         # Ray has logged the traceback; its last line names the actor's own exception.
         raise RayJobError(f"the Ray job failed: {str(error).strip().splitlines()[-1]}") from None
@@ -175,7 +176,7 @@ def _compute(
             "threads": cpus_per_actor,
         },
     )
-    done = job.inputs_in(sorted(set(range(job.chunk_count)) - set(pending)))
+    done = len(job.records) - job.inputs_in(pending)
     with tqdm(total=len(job.records), initial=done, unit="input", desc="Encoding", disable=not progress) as bar:
         for batch in results.iter_batches(batch_size=None, batch_format="default"):
             for index, blob in zip(batch["chunk"], batch["result"], strict=True):
@@ -208,11 +209,20 @@ class _ChunkEncoder:
         return {"chunk": list(batch["chunk"]), "result": results}
 
 
-def _quiet_ray_data(ray: Any) -> None:
-    """One progress display (ours, counting inputs) and no execution chatter from Ray Data."""
+@contextlib.contextmanager
+def _quiet_ray_data(ray: Any) -> Iterator[None]:
+    """One progress display (ours, counting inputs) and no execution chatter from Ray Data, for one run."""
     context = ray.data.DataContext.get_current()
-    context.enable_progress_bars = False
-    context.print_on_execution_start = False
-    logging.getLogger("ray.data").setLevel(logging.WARNING)
     # Ray Data says once that its bars are off, inviting the user to turn them back on.
-    logging.getLogger("ray.data._internal.progress").setLevel(logging.ERROR)
+    levels = {"ray.data": logging.WARNING, "ray.data._internal.progress": logging.ERROR}
+    saved_levels = {name: logging.getLogger(name).level for name in levels}
+    saved_flags = (context.enable_progress_bars, context.print_on_execution_start)
+    context.enable_progress_bars = context.print_on_execution_start = False
+    for name, level in levels.items():
+        logging.getLogger(name).setLevel(level)
+    try:
+        yield
+    finally:
+        context.enable_progress_bars, context.print_on_execution_start = saved_flags
+        for name, level in saved_levels.items():
+            logging.getLogger(name).setLevel(level)

@@ -193,15 +193,14 @@ def run_local(job: Job, progress: bool = True) -> JobResult:
     if pending:
         model = chunks.load_model(job.options.model_request(hub_kwargs_for(job.options.model)), progress)
         facts = chunks.model_facts(model)
-        done = job.inputs_in(sorted(set(range(job.chunk_count)) - set(pending)))
+        done = len(job.records) - job.inputs_in(pending)
         bar = tqdm(total=len(job.records), initial=done, unit="input", desc="Encoding", disable=not progress)
+        instruction, batch_size = job.options.instruction, job.options.batch_size
         # Our warnings print above the bar, not through it (other loggers keep their own handlers).
         with bar, logging_redirect_tqdm(loggers=[logging.getLogger("ume_plugins")]):
             for index in pending:
-                options = job.options
-                records = job.chunk_records(index)
                 chunk = chunks.encode_chunk(
-                    model, records, job.chunk_start(index), options.instruction, options.batch_size, bar
+                    model, job.chunk_records(index), job.chunk_start(index), instruction, batch_size, bar
                 )
                 job.save(index, chunk, facts)
     return job.finish(pending)
