@@ -15,7 +15,7 @@ from ume_plugins.inputs import IMAGE_EXTENSIONS, URL_SCHEME, VIDEO_EXTENSIONS
 TEXT_EXTENSIONS = frozenset({".txt", ".md"})
 PARQUET_EXTENSION = ".parquet"
 PARQUET_COLUMNS = ("id", "text", "image", "video")
-PYARROW_REQUIREMENT = 'pip install "pyarrow>=14"'
+PYARROW_REQUIREMENT = "pip install pyarrow"
 Record = tuple[str, Any]
 
 
