@@ -22,7 +22,7 @@ from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
 from ume_plugins.errors import UMEInputError
-from ume_plugins.inputs import Item, located, read
+from ume_plugins.inputs import InputSpec, parse
 from ume_plugins.jobs import SUMMARY, Chunk, JobFolder
 from ume_plugins.records import TextFile, read_records
 
@@ -48,6 +48,10 @@ def encode_job(args: argparse.Namespace) -> int:
     settings = {key: value for key, value in settings.items() if value is not None}
     if args.no_network:
         settings["allow_network"] = False
+    if args.url_timeout is not None:
+        settings["url_timeout"] = args.url_timeout
+    if args.max_url_bytes is not None:
+        settings["max_url_bytes"] = args.max_url_bytes
     model = load(args.model, mode=args.mode, device=args.device, **settings)
     module = model[0]
     dim = module.get_embedding_dimension()
@@ -99,27 +103,27 @@ def encode_chunk(
     Returns:
         The slice's records, vectors and skipped inputs, in input order.
     """
-    policy = model[0].input_policy()
-    decoded: dict[int, Item] = {}
+    policy = model[0].policy
+    parsed: dict[int, InputSpec] = {}
     errors: dict[int, str] = {}
     for index, (_, raw) in enumerate(records, start=start):
         try:
-            decoded[index] = read(raw.load() if isinstance(raw, TextFile) else raw, policy)
+            parsed[index] = parse(raw.load() if isinstance(raw, TextFile) else raw, index, policy)
         except UMEInputError as error:
             errors[index] = error.reason
         except Exception as error:  # one input must never cost the job; the row keeps the details
-            logger.warning("Input %d: unexpected %s while decoding", index, type(error).__name__, exc_info=True)
+            logger.warning("Input %d: unexpected %s while reading", index, type(error).__name__, exc_info=True)
             errors[index] = f"{type(error).__name__}: {error}"
     progress.update(len(errors))
     # Inputs of similar size share a batch, so little is padded; the order is a pure function of
     # the chunk, so a resumed chunk is batched (and computed) exactly as in an uninterrupted run.
-    order = sorted(decoded, key=lambda index: -_size(decoded[index]))
+    order = sorted(parsed, key=lambda index: -parsed[index].size)
     results: dict[int, tuple[Any, dict[str, Any]]] = {}
     for first in range(0, len(order), batch_size):
         pending = order[first : first + batch_size]
         while pending:
             try:
-                results.update(_encode_batch(model, pending, decoded, instruction))
+                results.update(_encode_batch(model, [parsed[index] for index in pending], instruction))
             except UMEInputError as error:
                 if error.index not in pending:
                     raise
@@ -140,34 +144,26 @@ def encode_chunk(
 
 
 def _encode_batch(
-    model: SentenceTransformer, indices: list[int], decoded: dict[int, Item], instruction: str | None
+    model: SentenceTransformer, specs: list[InputSpec], instruction: str | None
 ) -> dict[int, tuple[Any, dict[str, Any]]]:
-    """Vectors (and reasoning, in generative mode) of one batch, by job index."""
-    from ume_plugins.module import encode_with_reasoning
+    """Vectors (and reasoning, in generative mode) of one batch, by job index.
 
-    items = [decoded[index] for index in indices]
-    kwargs = {"prompt": instruction, "batch_size": len(items), "show_progress_bar": False}
-    # Errors and warnings then name the input's index in the job, not in the batch.
-    with located(items, model[0].input_policy(), indices=indices):
-        if model[0].mode == "discriminative":
-            vectors = model.encode(items, **kwargs)
-            extras: list[dict[str, Any]] = [{} for _ in items]
-        else:
-            result = encode_with_reasoning(model, items, **kwargs)
-            vectors = result.embeddings
-            extras = [
-                {"reasoning": reasoning, "gen_emb_forced": forced}
-                for reasoning, forced in zip(result.reasoning, result.forced, strict=True)
-            ]
-    return {index: (vector, extra) for index, vector, extra in zip(indices, vectors, extras, strict=True)}
+    Each spec carries its index in the job, so errors and warnings name that index.
+    """
+    from ume_plugins.reasoning import encode_with_reasoning
 
-
-def _size(item: Item) -> int:
-    """A rough token count of an input."""
-    pixels = sum(image.width * image.height for image in item.images)
-    # Qwen2-VL merges two frames per temporal patch.
-    pixels += sum(frame.width * frame.height for frame in item.video or ()) // 2
-    return len(item.text or "") // 4 + pixels // (28 * 28)
+    kwargs = {"prompt": instruction, "batch_size": len(specs), "show_progress_bar": False}
+    if model[0].mode == "discriminative":
+        vectors = model.encode(specs, **kwargs)
+        extras: list[dict[str, Any]] = [{} for _ in specs]
+    else:
+        result = encode_with_reasoning(model, specs, **kwargs)
+        vectors = result.embeddings
+        extras = [
+            {"reasoning": reasoning, "gen_emb_forced": forced}
+            for reasoning, forced in zip(result.reasoning, result.forced, strict=True)
+        ]
+    return {spec.index: (vector, extra) for spec, vector, extra in zip(specs, vectors, extras, strict=True)}
 
 
 def _chunk_slice(records: Sequence[tuple[str, Any]], index: int, chunk_size: int) -> Sequence[tuple[str, Any]]:
@@ -187,7 +183,7 @@ def _job_definition(
         "inputs": len(records),
         "inputs_sha256": hashlib.sha256(listing).hexdigest(),
         "model": args.model,
-        "settings": module.get_config_dict(),
+        "settings": {**module.get_config_dict(), **module.policy.as_options()},
         "instruction": args.instruction,
         "batch_size": args.batch_size,
         "chunk_size": args.chunk_size,
@@ -230,6 +226,8 @@ def parser() -> argparse.ArgumentParser:
         "--max-length", type=_positive, default=None, help="longest prompt in tokens; longer texts are truncated"
     )
     encode.add_argument("--no-network", action="store_true", help="refuse http(s) URL inputs (they are skipped)")
+    encode.add_argument("--url-timeout", type=float, default=None, help="seconds allowed for URL connects and reads")
+    encode.add_argument("--max-url-bytes", type=_positive, default=None, help="largest URL body accepted")
     encode.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     encode.add_argument("--device", default=None)
     encode.set_defaults(run=encode_job)
