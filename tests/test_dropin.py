@@ -21,9 +21,10 @@ def run_python(code: str) -> subprocess.CompletedProcess:
 
 def test_importing_ume_plugins_alone_imports_no_host_then_hooks_it_on_import(tiny_path):
     code = (
-        "import sys\n"
+        "import importlib.util, sys\n"
         "import ume_plugins\n"
         f"print(sorted(name for name in {HEAVY!r} if name in sys.modules))\n"
+        "assert importlib.util.find_spec('sentence_transformers')  # an availability check imports nothing\n"
         "from sentence_transformers import SentenceTransformer\n"
         "print(type(SentenceTransformer('ume-r1-tiny', device='cpu')).__name__)\n"
     )

@@ -93,6 +93,7 @@ def test_output_value_gives_the_modes_outputs(model):
         ({"output_value": "sample_embeddings", **DISC}, "not an output of discriminative mode"),
         ({"processing_kwargs": {"image": {"max_pixels": 10}}, **DISC}, "processing_kwargs is not supported"),
         ({"temperature": 0.5}, "additional keyword arguments that this model does not use"),
+        ({"output_value": "sample_embeddings", "normalize_embeddings": True}, "L2-normalised already"),
     ],
 )
 def test_options_that_cannot_work_are_refused_before_any_batch_runs(model, kwargs, message):

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import importlib.abc
 import importlib.machinery
-import importlib.util
 import sys
 from typing import Any
 
@@ -74,19 +73,25 @@ def _names_ume_model(args: tuple[Any, ...], kwargs: dict[str, Any]) -> bool:
 
 
 class _InstallAfterImport(importlib.abc.MetaPathFinder):
-    """Finds sentence-transformers with the other finders and installs the patch once its package ran."""
+    """Finds sentence-transformers with the other finders and installs the patch once its package ran.
+
+    It stays in ``sys.meta_path`` until then: a mere ``importlib.util.find_spec`` (availability
+    checks of other libraries) runs no package and must not use it up.
+    """
 
     def find_spec(self, fullname: str, path: Any, target: Any = None) -> importlib.machinery.ModuleSpec | None:
         if fullname != _HOST:
             return None
-        sys.meta_path.remove(self)  # one shot; also keeps the lookup below from finding us again
-        spec = importlib.util.find_spec(fullname)
+        finders = (finder for finder in sys.meta_path if finder is not self and hasattr(finder, "find_spec"))
+        spec = next((spec for finder in finders if (spec := finder.find_spec(fullname, path, target))), None)
         if spec is None or spec.loader is None or not hasattr(spec.loader, "exec_module"):
             return spec
         run_package = spec.loader.exec_module
 
         def exec_module(module: Any) -> None:
             run_package(module)
+            if self in sys.meta_path:
+                sys.meta_path.remove(self)
             install()
 
         spec.loader.exec_module = exec_module

@@ -129,7 +129,7 @@ class UMESentenceTransformer(SentenceTransformer):
         module: UMER1Embedder = self[0]
         call = _ENCODE.bind_partial(self, inputs, *args, **kwargs).arguments
         mode = check_mode(call.get("kwargs", {}).get("mode") or module.settings.mode)
-        _check_output_value(call.get("output_value", "sentence_embedding"), mode)
+        _check_output_value(call.get("output_value", "sentence_embedding"), mode, call.get("normalize_embeddings"))
         single = self.is_singular_input(inputs)
         batch = [inputs] if single else inputs.tolist() if isinstance(inputs, np.ndarray) else list(inputs)
         specs = [parse(raw, index, module.policy) for index, raw in enumerate(batch)]
@@ -137,7 +137,13 @@ class UMESentenceTransformer(SentenceTransformer):
             return super().encode(specs[0] if single else specs, *args, **kwargs)
 
 
-def _check_output_value(output_value: str | None, mode: str) -> None:
+def _check_output_value(output_value: str | None, mode: str, normalize: bool | None) -> None:
+    if normalize and output_value not in (None, "sentence_embedding", "disc_embedding"):
+        # sentence-transformers normalises along dim 1: the sample axis of [batch, k, dim] outputs.
+        raise ValueError(
+            f"normalize_embeddings applies to sentence_embedding and disc_embedding, not {output_value!r}: "
+            "every UME-R1 vector is L2-normalised already"
+        )
     if output_value is None or output_value in OUTPUT_KEYS[mode]:
         return
     if output_value == "token_embeddings":
