@@ -5,11 +5,11 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from ume_plugins.checkpoints import MODULE_CLASS_REF, HubOptions, is_ume_r1_checkpoint
+from ume_plugins.checkpoints import MODULE_CLASS_REF, is_ume_r1_checkpoint
 from ume_plugins.model import UMESentenceTransformer
 from ume_plugins.module import BACKENDS
 from ume_plugins.policy import POLICY_OPTIONS, InputPolicy
-from ume_plugins.settings import DEFAULT_SETTINGS, SETTING_NAMES
+from ume_plugins.settings import SETTING_NAMES, check_mode
 
 __all__ = ["MODULE_CLASS_REF", "is_ume_r1_checkpoint", "load"]
 
@@ -51,8 +51,7 @@ def load(
     """
     settings = {key: kwargs.pop(key) for key in list(kwargs) if key in SETTING_NAMES}
     if mode is not None:
-        settings["mode"] = mode
-    DEFAULT_SETTINGS.replace(**settings)  # refuse a bad value before any weight is read
+        settings["mode"] = check_mode(mode)  # refused before any weight is read
     policy = InputPolicy().with_options(**{key: kwargs.pop(key) for key in list(kwargs) if key in POLICY_OPTIONS})
     backend, vllm_kwargs = kwargs.pop("backend", "hf"), kwargs.pop("vllm_kwargs", None)
     if backend not in BACKENDS:
@@ -62,8 +61,7 @@ def load(
     module.settings = module.settings.replace(**settings)
     module.policy, module.backend, module.vllm_kwargs = policy, backend, vllm_kwargs
     if adapter is not None:
-        hub = HubOptions(None, kwargs.get("token"), kwargs.get("cache_folder"), kwargs.get("local_files_only", False))
-        options = hub.for_sentence_transformers()
-        del options["revision"]  # the model's revision, not the adapter's
-        module.load_adapters(adapter, **options)
+        # The hub options, but not the revision: that one is the model's.
+        hub = {key: kwargs[key] for key in ("token", "cache_folder", "local_files_only") if key in kwargs}
+        module.load_adapters(adapter, **hub)
     return model
