@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from tests.conftest import gradient
-from tests.hostile import CASES, Case, closed_port_url, corpus_model, hostile_env
+from tests.hostile import CASES, MAX_URL_BYTES, URL_TIMEOUT, Case, closed_port_url, corpus_model, hostile_env
 from ume_plugins.cli import main
 from ume_plugins.inputs import VIDEO_EXTENSIONS
 from ume_plugins.records import read_records
@@ -100,9 +100,10 @@ def test_the_cli_skips_and_records_each_bad_input_of_the_corpus_and_embeds_the_r
     assert len(lines) >= 40
     source = tmp_path / "corpus.jsonl"
     source.write_text("".join(json.dumps(line) + "\n" for _, line in lines))
-    corpus.save(str(tmp_path / "model"))  # the corpus settings (limits, timeouts) travel with the model
+    corpus.save(str(tmp_path / "model"))  # the corpus settings travel with the model; its input policy does not
     output = tmp_path / "out"
-    assert main(["encode", str(source), "--model", str(tmp_path / "model"), "--output", str(output)]) == 0
+    policy = ["--url-timeout", str(URL_TIMEOUT), "--max-url-bytes", str(MAX_URL_BYTES)]
+    assert main(["encode", str(source), "--model", str(tmp_path / "model"), "--output", str(output), *policy]) == 0
 
     records = [json.loads(line)["id"] for line in (output / "records.jsonl").read_text().splitlines()]
     errors = [json.loads(line) for line in (output / "errors.jsonl").read_text().splitlines()]

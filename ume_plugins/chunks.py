@@ -23,7 +23,7 @@ if TYPE_CHECKING:
     from sentence_transformers import SentenceTransformer
     from tqdm import tqdm
 
-    from ume_plugins.inputs import Item
+    from ume_plugins.inputs import InputSpec
 
 logger = logging.getLogger(__name__)
 
@@ -113,17 +113,17 @@ def encode_chunk(
         inputs, in input order.
     """
     advance = progress.update if progress is not None else (lambda count: None)
-    decoded, errors = _decode(model, records, start)
+    parsed, errors = _parse(model, records, start)
     advance(len(errors))
     # Inputs of similar size share a batch, so little is padded; the order is a pure function of
     # the chunk, so a resumed chunk is batched (and computed) exactly as in an uninterrupted run.
-    order = sorted(decoded, key=lambda index: -_size(decoded[index]))
+    order = sorted(parsed, key=lambda index: -parsed[index].size)
     results: dict[int, _Embedded] = {}
     for first in range(0, len(order), batch_size):
         pending = order[first : first + batch_size]
         while pending:
             try:
-                results.update(_encode_batch(model, pending, decoded, instruction))
+                results.update(_encode_batch(model, [parsed[index] for index in pending], instruction))
             except UMEInputError as error:
                 if error.index not in pending:
                     raise
@@ -156,43 +156,39 @@ class _Embedded:
     disc_vector: np.ndarray | None
 
 
-def _decode(
+def _parse(
     model: SentenceTransformer, records: Sequence[Record], start: int
-) -> tuple[dict[int, Item], dict[int, str]]:
-    """Decoded inputs and the reasons of those that could not be read, by job index."""
-    from ume_plugins.inputs import read
+) -> tuple[dict[int, InputSpec], dict[int, str]]:
+    """Parsed inputs and the reasons of those that could not be read, by job index."""
+    from ume_plugins.inputs import parse
 
-    policy = model[0].input_policy()
-    decoded: dict[int, Item] = {}
+    policy = model[0].policy
+    parsed: dict[int, InputSpec] = {}
     errors: dict[int, str] = {}
     for index, (_, raw) in enumerate(records, start=start):
         try:
-            decoded[index] = read(raw.load() if isinstance(raw, TextFile) else raw, policy)
+            parsed[index] = parse(raw.load() if isinstance(raw, TextFile) else raw, index, policy)
         except UMEInputError as error:
             errors[index] = error.reason
         except Exception as error:  # one input must never cost the job; the row keeps the details
-            logger.warning("Input %d: unexpected %s while decoding", index, type(error).__name__, exc_info=True)
+            logger.warning("Input %d: unexpected %s while reading", index, type(error).__name__, exc_info=True)
             errors[index] = f"{type(error).__name__}: {error}"
-    return decoded, errors
+    return parsed, errors
 
 
-def _encode_batch(
-    model: SentenceTransformer, indices: list[int], decoded: dict[int, Item], instruction: str | None
-) -> dict[int, _Embedded]:
-    """Vectors (and reasoning, in generative mode) of one batch, by job index."""
-    from ume_plugins.inputs import located
+def _encode_batch(model: SentenceTransformer, specs: list[InputSpec], instruction: str | None) -> dict[int, _Embedded]:
+    """Vectors (and reasoning, in generative mode) of one batch, by job index.
 
+    Each spec carries its index in the job, so errors and warnings name that index.
+    """
     module = model[0]
-    items = [decoded[index] for index in indices]
-    kwargs = {"prompt": instruction, "batch_size": len(items), "show_progress_bar": False}
-    # Errors and warnings then name the input's index in the job, not in the batch.
-    with located(items, module.input_policy(), indices=indices):
-        if module.mode == "discriminative":
-            vectors = model.encode(items, **kwargs)
-            return {index: _Embedded(vector, {}, None) for index, vector in zip(indices, vectors, strict=True)}
-        rows = model.encode(items, output_value=None, **kwargs)
+    kwargs = {"prompt": instruction, "batch_size": len(specs), "show_progress_bar": False}
+    if module.mode == "discriminative":
+        vectors = model.encode(specs, **kwargs)
+        return {spec.index: _Embedded(vector, {}, None) for spec, vector in zip(specs, vectors, strict=True)}
+    rows = model.encode(specs, output_value=None, **kwargs)
     return {
-        index: _Embedded(
+        spec.index: _Embedded(
             vector=_numpy(row["sentence_embedding"]),
             extras={
                 "reasoning": module.decode_reasoning(row["generated_ids"]),
@@ -200,17 +196,9 @@ def _encode_batch(
             },
             disc_vector=_numpy(row["disc_embedding"]) if "disc_embedding" in row else None,
         )
-        for index, row in zip(indices, rows, strict=True)
+        for spec, row in zip(specs, rows, strict=True)
     }
 
 
 def _numpy(vector: Any) -> np.ndarray:
     return vector.float().cpu().numpy()
-
-
-def _size(item: Item) -> int:
-    """A rough token count of an input."""
-    pixels = sum(image.width * image.height for image in item.images)
-    # Qwen2-VL merges two frames per temporal patch.
-    pixels += sum(frame.width * frame.height for frame in item.video or ()) // 2
-    return len(item.text or "") // 4 + pixels // (28 * 28)

@@ -41,6 +41,8 @@ def encode_command(args: argparse.Namespace) -> int:
         max_length=args.max_length,
         max_new_tokens=args.max_new_tokens,
         allow_network=not args.no_network,
+        url_timeout=args.url_timeout,
+        max_url_bytes=args.max_url_bytes,
         device=args.device,
     )
     job = Job(options)
@@ -113,6 +115,8 @@ def parser() -> argparse.ArgumentParser:
         "--max-length", type=_positive, default=None, help="longest prompt in tokens; longer texts are truncated"
     )
     encode.add_argument("--no-network", action="store_true", help="refuse http(s) URL inputs (they are skipped)")
+    encode.add_argument("--url-timeout", type=float, default=None, help="seconds allowed for URL connects and reads")
+    encode.add_argument("--max-url-bytes", type=_positive, default=None, help="largest URL body accepted")
     encode.add_argument("--no-progress", action="store_true", help="hide the progress bars")
     encode.add_argument("--device", default=None, help="device of a local run (default: the best available)")
     ray = encode.add_argument_group("Ray cluster (needs pip install 'ume-plugins[ray]')")

@@ -38,6 +38,8 @@ class JobOptions:
         max_length: Longest prompt in tokens; None keeps the checkpoint's.
         max_new_tokens: Reasoning budget; None keeps the checkpoint's.
         allow_network: Fetch http(s) URL inputs (else they are recorded as errors).
+        url_timeout: Seconds allowed for URL connects and reads; None keeps the default.
+        max_url_bytes: Largest URL body accepted; None keeps the default.
         device: Device of the local run; None picks the best available.
     """
 
@@ -51,15 +53,20 @@ class JobOptions:
     max_length: int | None = None
     max_new_tokens: int | None = None
     allow_network: bool = True
+    url_timeout: float | None = None
+    max_url_bytes: int | None = None
     device: str | None = None
 
     def model_request(self, hub_kwargs: dict[str, Any] | None = None) -> chunks.ModelRequest:
-        """What to load for this job."""
-        settings = {"max_length": self.max_length, "max_new_tokens": self.max_new_tokens}
+        """What to load for this job: module settings plus the input policy's options."""
+        settings = {"max_length": self.max_length, "max_new_tokens": self.max_new_tokens, **self.policy_options()}
         settings = {key: value for key, value in settings.items() if value is not None}
-        if not self.allow_network:
-            settings["allow_network"] = False
         return chunks.ModelRequest(self.model, self.mode, self.device, settings, dict(hub_kwargs or {}))
+
+    def policy_options(self) -> dict[str, Any]:
+        """The input policy asked for (see :mod:`ume_plugins.policy`); None keeps a default."""
+        allow_network = None if self.allow_network else False
+        return {"allow_network": allow_network, "url_timeout": self.url_timeout, "max_url_bytes": self.max_url_bytes}
 
 
 @dataclass(frozen=True)
@@ -163,6 +170,7 @@ class Job:
             "batch_size": options.batch_size,
             "chunk_size": options.chunk_size,
             "allow_network": options.allow_network,
+            **{key: value for key, value in options.policy_options().items() if key != "allow_network"},
             "ume_plugins": __version__,
         }
 
@@ -170,7 +178,8 @@ class Job:
         """The model facts the options pin down, checked against a recorded job before loading."""
         expected: dict[str, Any] = {"mode": self.options.mode} if self.options.mode else {}
         settings = self.options.model_request().settings
-        settings.pop("allow_network", None)  # part of the request itself
+        for key in self.options.policy_options():
+            settings.pop(key, None)  # part of the request itself
         return {**expected, "settings": settings} if settings else expected
 
 

@@ -219,15 +219,8 @@ def rollout(
     if num_samples > 1:
         cache.batch_repeat_interleave(num_samples)
         logits = logits.repeat_interleave(num_samples, dim=0)
+    # The flags go back to the caller, which warns once per call (not per batch).
     states, generated, forced = loop.run(logits)
-    if forced.any():
-        logger.warning(
-            "%d of %d rollouts did not write <gen_emb> within %d new tokens: <gen_emb> was appended after "
-            "their reasoning (flagged as gen_emb_forced).",
-            int(forced.sum()),
-            len(forced),
-            generation_config.max_new_tokens,
-        )
     width = max((len(ids) for ids in generated), default=0)
     generated_ids = torch.full((len(generated), width), generation_config.pad_token_id, dtype=torch.long)
     for row, ids in enumerate(generated):

@@ -27,7 +27,7 @@ from ume_plugins.continuation import states_after
 from ume_plugins.generation import GenEmbMissingError, Rollout
 
 if TYPE_CHECKING:
-    from ume_plugins.inputs import Item
+    from ume_plugins.decoding import Item
     from ume_plugins.module import UMER1Embedder
 
 logger = logging.getLogger(__name__)
@@ -158,14 +158,6 @@ def embed_reasoning(
         )
         states.append(sample_states)
         disc = sample_disc if sample == 0 else disc
-    if any(forced):
-        logger.warning(
-            "%d of %d rollouts did not write <gen_emb> within %s new tokens: <gen_emb> was appended after "
-            "their reasoning (flagged as gen_emb_forced).",
-            sum(forced),
-            len(forced),
-            max_new_tokens,
-        )
     width = max((len(ids) for ids in reasoning), default=0)
     generated_ids = torch.full((len(reasoning), width), pad_token_id, dtype=torch.long)
     for row, ids in enumerate(reasoning):
