@@ -13,8 +13,8 @@ Importing this package teaches ``SentenceTransformer`` the UME-R1 names (see
 from __future__ import annotations
 
 from ume_plugins.checkpoints import UME_R1_2B, UME_R1_7B, Checkpoint
+from ume_plugins.engine import GenEmbMissingError
 from ume_plugins.errors import UMEInputError
-from ume_plugins.generation import GenEmbMissingError
 from ume_plugins.loading import install, is_ume_r1_checkpoint, load
 from ume_plugins.module import UMER1Embedder, encode_with_reasoning
 from ume_plugins.tiny import build_tiny_checkpoint, tiny_checkpoint_path

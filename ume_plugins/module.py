@@ -20,13 +20,12 @@ from ume_plugins.adapters import (
     save_adapted_model,
 )
 from ume_plugins.device import model_load_kwargs, preferred_attention, preferred_dtype
-from ume_plugins.discriminative import disc_states
+from ume_plugins.engine import Backend, Engine, EngineSpec, OnMissing, Rollout, forced_warning
 from ume_plugins.errors import UMEInputError
 from ume_plugins.fetch import FetchPolicy
-from ume_plugins.generation import OnMissing, Rollout, build_generation_config, rollout
 from ume_plugins.inputs import InputPolicy, Item, origin_of, read
 from ume_plugins.media import PixelPolicy, blank_image
-from ume_plugins.prompts import DISC_EMB_TOKEN, GEN_EMB_TOKEN, build_message, cut_after_disc_token
+from ume_plugins.prompts import build_message, cut_after_disc_token
 
 if TYPE_CHECKING:
     from sentence_transformers import SentenceTransformer
@@ -35,8 +34,6 @@ logger = logging.getLogger(__name__)
 
 Mode = Literal["generative", "discriminative", "both"]
 MODES: tuple[str, ...] = ("generative", "discriminative", "both")
-Backend = Literal["hf", "vllm"]
-BACKENDS: tuple[str, ...] = ("hf", "vllm")
 
 
 class UMER1Embedder(AdapterMixin, InputModule):
@@ -69,12 +66,21 @@ class UMER1Embedder(AdapterMixin, InputModule):
             least half the positions), so that prompt and reasoning fit (24576 for UME-R1).
         on_missing_gen_emb: When a rollout ends without ``<gen_emb>``: ``"force"`` appends it after
             the truncated reasoning and flags the row (``gen_emb_forced``, plus a warning);
-            ``"raise"`` raises :class:`~ume_plugins.generation.GenEmbMissingError`.
-        backend: Engine of generative mode: ``"hf"`` (the built-in KV-cached decoding loop, see
-            :mod:`ume_plugins.generation`) or ``"vllm"`` (vLLM writes the reasoning, one forward of
-            this model reads ``<gen_emb>``; needs ``pip install "ume-plugins[vllm]"`` and a GPU; see
-            :mod:`ume_plugins.vllm_backend`).
+            ``"raise"`` raises :class:`~ume_plugins.engine.GenEmbMissingError`.
+        backend: Engine of generative mode: ``"hf"`` (the built-in slot engine with continuous
+            batching, see :mod:`ume_plugins.engine`) or ``"vllm"`` (vLLM writes the reasoning, one
+            forward of this model reads ``<gen_emb>``; needs ``pip install "ume-plugins[vllm]"`` and a
+            GPU; see :mod:`ume_plugins.engine.vllm`).
         vllm_kwargs: Extra arguments for ``vllm.LLM`` (e.g. ``gpu_memory_utilization``).
+        max_slots: Most rollouts decoded at once; a larger ``batch_size`` keeps the slots full as
+            rollouts finish (continuous batching). Bounds the KV-cache memory.
+        thinking_budget: Reasoning tokens after which an unclosed ``<think>`` is closed by feeding
+            ``</think><answer>`` (flagged ``answer_forced``); None never closes it. Faster, at a
+            quality cost that is unmeasured (see :mod:`ume_plugins.engine.stages`).
+        answer_budget: Tokens the model may answer after a forced ``</think><answer>`` before
+            ``<gen_emb>`` is forced.
+        decode_compile: How the slot engine runs a decode step: ``"auto"`` (CUDA graphs on CUDA,
+            else eager), ``"eager"``, ``"cuda_graphs"`` or ``"torch_compile"``.
         allow_network: Let http(s) URL inputs be fetched.
         allow_file_urls: Accept ``file://`` URLs as paths.
         url_timeout: Seconds allowed for URL connections and reads.
@@ -104,6 +110,10 @@ class UMER1Embedder(AdapterMixin, InputModule):
         "on_missing_gen_emb",
         "backend",
         "vllm_kwargs",
+        "max_slots",
+        "thinking_budget",
+        "answer_budget",
+        "decode_compile",
         "allow_network",
         "allow_file_urls",
         "url_timeout",
@@ -129,6 +139,10 @@ class UMER1Embedder(AdapterMixin, InputModule):
         on_missing_gen_emb: OnMissing = "force",
         backend: Backend = "hf",
         vllm_kwargs: dict[str, Any] | None = None,
+        max_slots: int = 32,
+        thinking_budget: int | None = None,
+        answer_budget: int = 64,
+        decode_compile: str = "auto",
         allow_network: bool = True,
         allow_file_urls: bool = False,
         url_timeout: float = 10.0,
@@ -158,6 +172,10 @@ class UMER1Embedder(AdapterMixin, InputModule):
         self.on_missing_gen_emb = on_missing_gen_emb
         self.backend = backend
         self.vllm_kwargs = vllm_kwargs
+        self.max_slots = max_slots
+        self.thinking_budget = thinking_budget
+        self.answer_budget = answer_budget
+        self.decode_compile = decode_compile
         self.allow_network = allow_network
         self.allow_file_urls = allow_file_urls
         self.url_timeout = url_timeout
@@ -180,8 +198,9 @@ class UMER1Embedder(AdapterMixin, InputModule):
         self.model.eval()
         self.processor = AutoProcessor.from_pretrained(model_name_or_path, **hub_kwargs, **(processor_kwargs or {}))
         self.processor.tokenizer.padding_side = "left"
-        self.gen_emb_id = self._token_id(GEN_EMB_TOKEN, model_name_or_path)
-        self.disc_emb_id = self._token_id(DISC_EMB_TOKEN, model_name_or_path)
+        self._engine = Engine(EngineSpec.from_tokenizer(self.tokenizer, model_name_or_path, revision=revision))
+        spec = self.engine().spec
+        self.gen_emb_id, self.disc_emb_id = spec.gen_emb_id, spec.disc_emb_id
 
     @property
     def tokenizer(self):
@@ -210,16 +229,12 @@ class UMER1Embedder(AdapterMixin, InputModule):
         """
         if self.mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {self.mode!r}")
-        if self.backend not in BACKENDS:
-            raise ValueError(f"backend must be one of {BACKENDS}, got {self.backend!r}")
-        if self.on_missing_gen_emb not in ("force", "raise"):
-            raise ValueError(f"on_missing_gen_emb must be 'force' or 'raise', got {self.on_missing_gen_emb!r}")
+        if hasattr(self, "_engine"):
+            self.engine()  # its spec checks the engine's settings (backend, budgets, slots, ...)
         if not 0 < self.min_pixels <= self.max_pixels or not 0 < self.processor_min_pixels <= self.processor_max_pixels:
             raise ValueError("pixel bounds must satisfy 0 < min_pixels <= max_pixels")
         if self.num_frames is not None and self.num_frames < 1:
             raise ValueError(f"num_frames must be positive or None, got {self.num_frames}")
-        if self.max_new_tokens < 1:
-            raise ValueError(f"max_new_tokens must be positive, got {self.max_new_tokens}")
         if self.max_length is not None and self.max_length < 1:
             raise ValueError(f"max_length must be positive or None, got {self.max_length}")
 
@@ -476,7 +491,7 @@ class UMER1Embedder(AdapterMixin, InputModule):
         return self.tokenizer.decode(generated_ids.tolist(), skip_special_tokens=True)
 
     def _disc_states(self, model_inputs: dict[str, torch.Tensor]) -> torch.Tensor:
-        return disc_states(self.model, model_inputs, self.disc_emb_id)
+        return self.engine().disc_states(self.model, model_inputs)
 
     def _rollout(
         self,
@@ -487,39 +502,40 @@ class UMER1Embedder(AdapterMixin, InputModule):
         seed: int | None = None,
         items: list[Item] | None = None,
     ) -> Rollout:
-        hooks = {
-            key: generation_kwargs.pop(key)
-            for key in ("logits_processor", "stopping_criteria")
-            if key in generation_kwargs
-        }
-        config = build_generation_config(
-            self.model.generation_config,
-            max_new_tokens=self.max_new_tokens,
-            pad_token_id=self.tokenizer.pad_token_id,
-            overrides=generation_kwargs,
-            num_samples=num_samples,
-        )
-        eos = config.eos_token_id
-        eos_ids = set(eos if isinstance(eos, list) else [eos]) - {None}
-        if self.backend == "vllm":
-            from ume_plugins.vllm_backend import vllm_rollout
-
-            return vllm_rollout(
-                self, model_inputs, items, config, hooks, with_disc=with_disc, num_samples=num_samples, seed=seed
-            )
-        return rollout(
+        result = self.engine().rollouts(
             self.model,
             model_inputs,
-            gen_emb_id=self.gen_emb_id,
-            disc_emb_id=self.disc_emb_id,
-            eos_token_ids=eos_ids,
-            generation_config=config,
-            generation_kwargs=hooks,
-            on_missing=self.on_missing_gen_emb,
+            generation_kwargs=generation_kwargs,
             with_disc=with_disc,
             num_samples=num_samples,
             seed=seed,
+            items=items,
         )
+        if result.forced_count:
+            budget = generation_kwargs.get("max_new_tokens", self.max_new_tokens)
+            logger.warning(forced_warning(result.forced_count, result.forced.numel(), budget))
+        return result
+
+    def engine(self) -> Engine:
+        """The generative engine, rebuilt when a setting it reads changed (settings may be set after loading).
+
+        Raises:
+            ValueError: An engine setting out of range.
+        """
+        spec = replace(
+            self._engine.spec,
+            max_new_tokens=self.max_new_tokens,
+            on_missing=self.on_missing_gen_emb,
+            backend=self.backend,
+            vllm_kwargs=self.vllm_kwargs,
+            max_slots=self.max_slots,
+            thinking_budget=self.thinking_budget,
+            answer_budget=self.answer_budget,
+            compile=self.decode_compile,
+        )
+        if spec != self._engine.spec:
+            self._engine = Engine(spec, self.tokenizer)
+        return self._engine
 
     def _normalised(self, states: torch.Tensor) -> torch.Tensor:
         vectors = torch.nn.functional.normalize(states.float(), p=2, dim=-1)
@@ -530,12 +546,6 @@ class UMER1Embedder(AdapterMixin, InputModule):
                 "try model_kwargs={'dtype': 'float32'}"
             )
         return vectors.to(self.model.device)
-
-    def _token_id(self, token: str, source: str) -> int:
-        token_id = self.tokenizer.convert_tokens_to_ids(token)
-        if token_id is None or token_id == self.tokenizer.unk_token_id:
-            raise ValueError(f"{source} is not a UME-R1 checkpoint: its tokenizer has no {token} token")
-        return token_id
 
     def on_model_ready(self, model: Any) -> None:
         """Re-pick precision and attention when the model landed on another device than guessed."""
