@@ -15,7 +15,7 @@ class Untouched(LogitsProcessor):
 
 
 def live_float_bytes(exclude: set[int], kv_shape: tuple[int, int]) -> int:
-    """Bytes of live float tensors, the excluded ones and KV-cache tensors (``[rows, kv_heads, len, head_dim]``) aside."""
+    """Bytes of live float tensors, the excluded ones and KV caches (``[rows, kv_heads, len, head_dim]``) aside."""
     return sum(
         obj.nbytes
         for obj in gc.get_objects()

@@ -113,7 +113,7 @@ class EngineSpec:
             **ids,
             pad_token_id=tokenizer.pad_token_id,
             answer_open=tuple(tokenizer("</think><answer>", add_special_tokens=False)["input_ids"]),
-            think_closers=closer_ids(tokenizer, ("</think", "<answer")),
+            think_closers=closer_ids(tokenizer),
             checkpoint=checkpoint,
             **settings,
         )

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -168,10 +169,17 @@ def _resized(tensor: torch.Tensor, rows: torch.Tensor, slots: int) -> torch.Tens
     return out
 
 
-def closer_ids(tokenizer, texts: Sequence[str]) -> tuple[tuple[int, ...], ...]:
-    """The id sequences of ``texts`` as the tokenizer writes them alone and after a space."""
-    found = set()
-    for text in texts:
-        for variant in (text, " " + text):
-            found.add(tuple(tokenizer(variant, add_special_tokens=False)["input_ids"]))
+def closer_ids(tokenizer: Any, closers: Sequence[tuple[str, str]] = (("</", "think"), ("<", "answer"))) -> tuple:
+    """Id sequences that write ``</think`` or ``<answer``, however the BPE merged the text around them.
+
+    In context the tokenizer merges freely (``"><" + "answer"``, ``" </" + "think"``), so the
+    patterns come from the vocabulary: any token ending with the whole closer, or a token ending
+    with its prefix followed by the word's own token.
+    """
+    vocab = tokenizer.get_vocab()
+    found: set[tuple[int, ...]] = set()
+    for prefix, word in closers:
+        found |= {(index,) for token, index in vocab.items() if token.endswith(prefix + word)}
+        if word in vocab:
+            found |= {(index, vocab[word]) for token, index in vocab.items() if token.endswith(prefix)}
     return tuple(sorted(found))
