@@ -5,6 +5,9 @@
   reference loop (:mod:`ume_plugins.engine.reference`) where only it gives ``generate``'s semantics:
   user ``logits_processor`` / ``stopping_criteria`` (they see the whole batch in input order),
   generation-config fields that read each row's token order, and sliding-window checkpoints.
+  A logits processor whose ``per_row`` attribute is True declares that it reads each row on its
+  own (a row's tokens, left-padded, its latest token last); it runs on the slot engine, where
+  rows are rollouts at different steps in slot order.
 - ``backend="vllm"``: vLLM writes the reasoning, one forward pass reads ``<gen_emb>``
   (:mod:`ume_plugins.engine.vllm`).
 
@@ -242,7 +245,8 @@ class Engine:
 
 def _reference_reasons(model: torch.nn.Module, config: Any, hooks: dict[str, Any]) -> list[str]:
     """What in a call only the reference loop runs."""
-    reasons = [f"user {key}" for key in _HOOKS if hooks.get(key)]
+    per_row = all(getattr(processor, "per_row", False) for processor in hooks.get("logits_processor") or ())
+    reasons = [f"user {key}" for key in _HOOKS if hooks.get(key) and not (key == "logits_processor" and per_row)]
     reasons += [f"generation config field {key}" for key in order_fields(config)]
     if not full_attention_only(model):
         reasons.append("sliding-window attention")

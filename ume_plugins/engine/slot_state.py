@@ -53,7 +53,15 @@ class SlotTensors:
         sampling: Whether rollouts sample (per-slot random streams are kept).
     """
 
-    def __init__(self, model: torch.nn.Module, budget: Budget, slots: int, capacity: int, sampling: bool) -> None:
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        budget: Budget,
+        slots: int,
+        capacity: int,
+        sampling: bool,
+        static_addresses: bool = False,
+    ) -> None:
         config = model.config.text_config
         layers, kv_heads = config.num_hidden_layers, config.num_key_value_heads
         head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
@@ -62,6 +70,10 @@ class SlotTensors:
         shape = (slots, kv_heads, capacity, head_dim)
         self.keys = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(layers)]
         self.values = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(layers)]
+        self.static_addresses = static_addresses
+        if static_addresses:  # torch.compile's CUDA graphs then accept the step writing into them
+            for buffer in self.keys + self.values:
+                torch._dynamo.mark_static_address(buffer)
         self.ids = torch.zeros(slots, capacity, dtype=torch.long, device=device)
         self.lengths = torch.zeros(slots, dtype=torch.long, device=device)
         self.offsets = torch.zeros(slots, dtype=torch.long, device=device)
@@ -75,7 +87,7 @@ class SlotTensors:
 
     def resized(self, model: torch.nn.Module, rows: list[int], slots: int, capacity: int) -> SlotTensors:
         """A new instance of shape ``slots x capacity`` holding old slots ``rows`` as its first slots."""
-        new = SlotTensors(model, self.stages.budget, slots, capacity, self.uniforms is not None)
+        new = SlotTensors(model, self.stages.budget, slots, capacity, self.uniforms is not None, self.static_addresses)
         index = torch.tensor(rows, dtype=torch.long, device=self.ids.device)
         width = min(capacity, self.capacity)
         count = len(rows)

@@ -119,7 +119,9 @@ class SlotRun:
         self.prompts: dict[int, _Prompt] = {}
         slots = min(options.max_slots, count)
         longest = max(len(ids) for ids in self.prompt_ids)
-        self.t = SlotTensors(model, budget, slots, capacity_bucket(longest + 1, self.graphs), config.do_sample)
+        capacity = capacity_bucket(longest + 1, self.graphs)
+        static = self.compiled is not None and model.device.type == "cuda"
+        self.t = SlotTensors(model, budget, slots, capacity, config.do_sample, static_addresses=static)
         self.rollout_of: list[int] = [-1] * slots  # -1: free
         self.start = [0] * slots
         hidden = model.config.text_config.hidden_size
@@ -361,5 +363,6 @@ def _compiled_step(backend: str | None, device: torch.device) -> Any:
     key = (backend, device.type)
     if key not in _COMPILED:
         mode = "reduce-overhead" if device.type == "cuda" and backend in (None, "inductor") else None
-        _COMPILED[key] = torch.compile(decode_step, backend=backend or "inductor", mode=mode)
+        # Dynamic shapes: slot counts and capacities change during a call; one compilation serves them all.
+        _COMPILED[key] = torch.compile(decode_step, backend=backend or "inductor", mode=mode, dynamic=True)
     return _COMPILED[key]
