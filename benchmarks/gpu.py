@@ -250,6 +250,8 @@ class Bench:
         }
         if "tokens" in result and result["tokens"] != tokens:
             row["note"] = f"wrote {result['tokens']} tokens, scripted {tokens}"
+        if "note" in result:
+            row["note"] = result["note"]
         self.results["runs"].append(row)
         if "states" in result:
             self.states[(contender, kind, size)] = result["states"].float().cpu()
@@ -282,11 +284,13 @@ class Bench:
                         do_sample=False,
                     )
         else:
-            self.run_mteb(items, size, forced)
+            found = self.run_mteb(items, size, forced)
+            self.sync()
+            return found
         self.sync()
         return {}
 
-    def run_mteb(self, items: list, size: int, forced: ForcedReasoning) -> None:
+    def run_mteb(self, items: list, size: int, forced: ForcedReasoning) -> dict[str, Any]:
         from torch.utils.data import DataLoader
 
         cls, origin = mteb_wrapper(self.mteb_wheel)
@@ -308,7 +312,14 @@ class Bench:
             return out
 
         loader = DataLoader(rows, batch_size=size, collate_fn=collate)
+        self.prompts.built.clear()
         wrapper.encode(loader, task_metadata=None, hf_split="test", hf_subset="default", show_progress_bar=False)
+        ours = [ids[mask.bool()].tolist() for item in items for ids, mask in self._prompt_rows(item)]
+        return {"note": "prompts differ from ours"} if self.prompts.built != ours else {}
+
+    def _prompt_rows(self, item: tuple) -> Any:
+        features = self.features([item])
+        return zip(features["input_ids"], features["attention_mask"], strict=True)
 
     # ---- roofline and cosine -------------------------------------------------------------------
 

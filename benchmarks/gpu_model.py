@@ -130,6 +130,7 @@ class Prompts:
     def __init__(self, tok: Any, device: torch.device, dtype: torch.dtype) -> None:
         self.tok, self.device, self.dtype = tok, device, dtype
         self.image_pad = tok.convert_tokens_to_ids("<|image_pad|>")
+        self.built: list[list[int]] = []  # prompts built for mteb's wrapper, to check they are ours
 
     def message(self, text: str, image: Any | None) -> list[dict[str, Any]]:
         """One user turn: the image (a blank one for text-only inputs), then the text and the generation prompt."""
@@ -177,6 +178,10 @@ class Prompts:
         from transformers import BatchFeature
 
         features = self.features(messages)
+        self.built += [
+            ids[mask.bool()].tolist()
+            for ids, mask in zip(features["input_ids"], features["attention_mask"], strict=True)
+        ]
         return BatchFeature({key: value for key, value in features.items() if not key.endswith("_per_row")})
 
 

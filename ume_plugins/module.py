@@ -456,8 +456,8 @@ class UMER1Embedder(AdapterMixin, InputModule):
 
         Returns:
             ``sentence_embedding`` (``[batch, dim]``, L2-normalised float32); in generative mode also
-            ``sample_embeddings`` (``[batch, k, dim]``), ``generated_ids`` and ``gen_emb_forced``
-            (``[batch, steps]`` and ``[batch]``; ``[batch, k, steps]`` and ``[batch, k]`` when
+            ``sample_embeddings`` (``[batch, k, dim]``), ``generated_ids``, ``gen_emb_forced`` and
+            ``answer_forced`` (``[batch, steps]``, ``[batch]``, ``[batch]``; with a k axis when
             k > 1); in ``"both"`` mode also ``disc_embedding``.
         """
         mode = self.resolve_mode(features.get("ume_mode", mode))
@@ -481,6 +481,7 @@ class UMER1Embedder(AdapterMixin, InputModule):
             "sample_embeddings": samples,
             "generated_ids": result.generated_ids[:, 0] if single else result.generated_ids,
             "gen_emb_forced": result.forced[:, 0] if single else result.forced,
+            "answer_forced": result.answer_forced[:, 0] if single else result.answer_forced,
         }
         if result.disc_states is not None:
             output["disc_embedding"] = self._normalised(result.disc_states)

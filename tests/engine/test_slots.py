@@ -54,6 +54,27 @@ def test_user_processors_see_each_rollout_as_its_own_row(module):
     assert slots.generated_ids[2, 0].tolist() == module.tokenizer(REASONING, add_special_tokens=False)["input_ids"]
 
 
+class RowScript(ScriptedDecoding):
+    per_row = True  # reads each row on its own: may run on the slot engine
+
+
+def test_a_per_row_processor_runs_on_the_slot_engine_through_encode(model, module):
+    calls = []
+    handle = module.model.model.language_model.register_forward_hook(lambda *args: calls.append(1))
+    try:
+        rows = model.encode(
+            ["a cat", "a dog"],
+            batch_size=2,
+            output_value=None,
+            generation_kwargs={"logits_processor": [RowScript(module.tokenizer, REASONING)]},
+        )
+    finally:
+        handle.remove()
+    assert calls == [1]  # the prefill only: the slot engine decodes without the decoder's forward
+    expected = module.tokenizer(REASONING, add_special_tokens=False)["input_ids"]
+    assert all(row["generated_ids"].tolist() == expected for row in rows)
+
+
 class GenEmbAfterPrompt(LogitsProcessor):
     """Leaves the model free, but makes each row write ``<gen_emb>`` after a number of tokens set by its prompt."""
 
