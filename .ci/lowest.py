@@ -7,8 +7,9 @@ pins of requirements/lock.in: they are the builds this project's machines serve 
 
 import re
 import sys
-import tomllib
 from pathlib import Path
+
+import tomllib
 
 ROOT = Path(__file__).resolve().parent.parent
 EXTRAS = {"test", "video", "peft", "ray"}
@@ -17,6 +18,7 @@ REQUIREMENT = re.compile(r"^\s*([A-Za-z0-9_.-]+)\s*(?:\[[^\]]*\])?\s*(.*)$")
 
 
 def lower_bounds() -> dict[str, str]:
+    """Each direct dependency's lowest allowed version, by normalised name."""
     bounds: dict[str, str] = {}
     for pyproject in [ROOT / "pyproject.toml", *sorted(ROOT.glob("integrations/*/pyproject.toml"))]:
         project = tomllib.loads(pyproject.read_text(encoding="utf-8"))["project"]

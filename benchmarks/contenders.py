@@ -56,7 +56,7 @@ def _measured(run, forced: ForcedReasoning) -> dict[str, float]:
 def ours(args: dict[str, Any]) -> dict[str, Any]:
     """ume-plugins' engine through ``SentenceTransformer.encode`` (batched, or one input per call)."""
     import ume_plugins
-    from ume_plugins.continuation import states_after
+    from ume_plugins.engine.continuation import states_after
 
     dtype = getattr(torch, args["dtype"])
     model = ume_plugins.load(args["checkpoint"], device="cpu", model_kwargs={"dtype": dtype})

@@ -11,6 +11,10 @@ Sections:
 - gen: our engine vs mteb's ``UMER1Wrapper`` (same checkpoint, inputs and forced decode lengths),
   throughput and peak memory, each contender in a fresh process; vs one input per call; the cost
   of re-reading ``<gen_emb>`` with a second forward instead of capturing it while decoding;
+- overhead: the slot engine vs plain HF ``generate`` on one pre-built batch, same scripted lengths,
+  no hidden states kept (the engine's cost over the decode floor on a CPU);
+- continuous: decode steps of a mixed-length workload against total tokens / slots (continuous
+  batching) and against static batches of the same size (tiny checkpoint: steps do not depend on it);
 - cosine of batched vs one-by-one generative vectors (free greedy decoding, fp32).
 
 Timings on a shared machine are noisy: each comparison runs its contenders back to back and
@@ -67,6 +71,10 @@ def main() -> None:
     sections = {
         "disc": lambda: disc_section(checkpoint, repeats=2 if options.quick else 3),
         "gen": lambda: gen_section(checkpoint, budget, count, options.threads),
+        "overhead": lambda: overhead_section(checkpoint, budget // 2, repeats=2 if options.quick else 3),
+        "continuous": lambda: continuous_section(
+            count=32 if options.quick else 64, budget=256 if options.quick else 512
+        ),
         "cosine": lambda: cosine_section(checkpoint, budget=32 if options.quick else 64),
     }
     results["section_seconds"] = {}
@@ -100,8 +108,7 @@ def disc_section(checkpoint: str, repeats: int) -> dict:
     from workload import images, texts
 
     import ume_plugins
-    from ume_plugins.batching import length_groups, sub_batch
-    from ume_plugins.generation import last_position
+    from ume_plugins.engine.batching import last_position, length_groups, sub_batch
 
     model = ume_plugins.load(checkpoint, device="cpu", mode="discriminative")
     module = model[0]
@@ -187,6 +194,71 @@ def gen_section(checkpoint: str, budget: int, count: int, threads: int) -> dict:
     return section
 
 
+def overhead_section(checkpoint: str, budget: int, repeats: int) -> dict:
+    """The slot engine vs plain ``generate``: one batch of 8, every row scripted to ``budget`` tokens."""
+    import torch
+    from transformers import LogitsProcessorList
+    from workload import ForcedReasoning, texts
+
+    import ume_plugins
+    from ume_plugins.engine.batching import model_inputs
+
+    model = ume_plugins.load(checkpoint, device="cpu", model_kwargs={"dtype": torch.bfloat16})
+    module = model[0]
+    features = module.preprocess(texts(8, seed=3), mode="generative")
+    forced = ForcedReasoning(module.tokenizer, budget)
+    engine = module.engine()
+
+    def ours() -> None:
+        kwargs = {"logits_processor": [forced], "max_new_tokens": budget}
+        engine.rollouts(module.model, features, generation_kwargs=kwargs)
+
+    def generate() -> None:
+        # budget + 1: generate then writes EOS after <gen_emb>, so both run `budget` decoder steps
+        with torch.inference_mode():
+            module.model.generate(
+                **model_inputs(features),
+                logits_processor=LogitsProcessorList([forced]),
+                max_new_tokens=budget + 1,
+                do_sample=False,
+            )
+
+    forced.length = 8
+    ours(), generate()  # warm-up: lazy imports, kernels for these shapes
+    forced.length = budget
+    times = best_of(repeats, {"engine": ours, "generate": generate})
+    return {"batch": 8, "budget": budget, "seconds": times, "ratio": times["engine"] / times["generate"]}
+
+
+def continuous_section(count: int, budget: int, slots: int = 8) -> dict:
+    """Decode steps of ``count`` inputs of mixed scripted lengths on ``slots`` slots."""
+    import math
+
+    from workload import ForcedReasoning, texts
+
+    import ume_plugins
+
+    model = ume_plugins.load("ume-r1-tiny", device="cpu", max_slots=slots)
+    module = model[0]
+    forced = ForcedReasoning(module.tokenizer, budget, varied=True, low=budget // 8)
+    features = module.preprocess(texts(count, seed=4), mode="generative")
+    kwargs = {"logits_processor": [forced], "max_new_tokens": budget}
+    result = module.engine().rollouts(module.model, features, generation_kwargs=kwargs)
+    lengths = (result.generated_ids[:, 0] != module.tokenizer.pad_token_id).sum(dim=1).tolist()
+    ideal = sum(lengths) / slots
+    static = sum(max(lengths[start : start + slots]) for start in range(0, count, slots))
+    return {
+        "items": count,
+        "slots": slots,
+        "lengths": [min(lengths), max(lengths)],
+        "total_tokens": sum(lengths),
+        "decode_steps": result.decode_steps,
+        "steps_vs_ideal": result.decode_steps / ideal,
+        "static_steps_vs_ideal": static / ideal,
+        "lower_bound_steps": math.ceil(ideal),
+    }
+
+
 def cosine_section(checkpoint: str, budget: int) -> dict:
     """Batched vs one-by-one generative vectors, free greedy decoding in fp32."""
     import numpy as np
@@ -206,6 +278,7 @@ def cosine_section(checkpoint: str, budget: int) -> dict:
 def markdown(results: dict) -> str:
     """The results as a short markdown table."""
     disc, gen, cosine = results["disc"], results["gen"], results["cosine"]
+    overhead, continuous = results["overhead"], results["continuous"]
     fixed, varied, wide = gen["fixed"], gen["varied"], gen["equal_memory"]
     budget = gen["budget"]
     rows = [
@@ -220,6 +293,17 @@ def markdown(results: dict) -> str:
         ("gen: peak memory of that batch-32 run vs mteb batch 8", wide["memory_ratio"], "<= 1"),
         ("gen: batched (8) vs one input per call", gen["batched_vs_one_per_call"], "-"),
         ("gen: re-forward time / decode time (capture costs ~0)", fixed["reforward_overhead"], "-"),
+        (
+            f"gen: slot engine time / plain HF generate, batch 8 x {overhead['budget']} tokens (CPU overhead)",
+            overhead["ratio"],
+            "<= 1.03",
+        ),
+        (
+            f"gen: decode steps / (total tokens / {continuous['slots']} slots), {continuous['items']} mixed lengths",
+            continuous["steps_vs_ideal"],
+            "<= 1.2",
+        ),
+        ("gen: same with static batches of that size (for comparison)", continuous["static_steps_vs_ideal"], "-"),
         ("gen: cosine batched vs one-by-one, fp32 (min)", cosine["min"], ">= 0.999"),
     ]
     settings = results["settings"]

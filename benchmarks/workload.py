@@ -31,15 +31,20 @@ def images(count: int, seed: int = 0) -> list:
 
 
 class ForcedReasoning(LogitsProcessor):
-    """Forces every rollout to write ``length`` tokens, the last one ``<gen_emb>``, then EOS.
+    """Forces every rollout to write a scripted number of tokens, the last one ``<gen_emb>``, then EOS.
 
-    With ``varied=True`` a row's length depends on its prompt (between ``length // 8`` and
-    ``length``), like real reasoning; any engine given the same prompts decodes the same lengths.
-    Rows share one prompt width (left padding), so the step is read from row 0 only: cheap.
+    Each row is read on its own (``per_row``: it runs on the slot engine too): its step is the
+    number of tokens after its last ``<|im_start|>assistant\n``, wherever the row's padding ends.
+    With ``varied=True`` a row's length is drawn from ``low..length`` by a seeded hash of its
+    prompt tokens (padding ignored), so any engine given the same prompts decodes the same lengths.
+    Everything is tensor arithmetic: no host synchronisation, cheap on a GPU.
     """
 
-    def __init__(self, tokenizer, length: int, varied: bool = False):
-        self.length, self.varied = length, varied
+    per_row = True
+
+    def __init__(self, tokenizer, length: int, varied: bool = False, low: int | None = None, seed: int = 0):
+        self.length, self.varied, self.seed = length, varied, seed
+        self.low = length // 8 if low is None else low
         self.filler = tokenizer.convert_tokens_to_ids("Ġthe")
         self.gen_emb = tokenizer.convert_tokens_to_ids("<gen_emb>")
         self.eos = tokenizer.convert_tokens_to_ids("<|im_end|>")
@@ -47,19 +52,28 @@ class ForcedReasoning(LogitsProcessor):
         self.im_start = tokenizer.convert_tokens_to_ids("<|im_start|>")
         self.header = len(tokenizer("assistant\n", add_special_tokens=False)["input_ids"])
 
-    def lengths(self, prompt: torch.Tensor) -> torch.Tensor:
+    def lengths(self, input_ids: torch.Tensor, start: torch.Tensor) -> torch.Tensor:
         """Per row, the number of tokens to write (``<gen_emb>`` included)."""
         if not self.varied:
-            return torch.full((prompt.shape[0],), self.length, device=prompt.device)
-        real = (prompt != self.pad).sum(dim=1)
-        low = self.length // 8
-        return low + (real * 37) % (self.length - low + 1)
+            return torch.full_like(start, self.length)
+        positions = torch.arange(input_ids.shape[1], device=input_ids.device)
+        prompt = (positions[None] < start[:, None]) & (input_ids != self.pad)
+        rank = prompt.long().cumsum(dim=1)
+        digest = (torch.where(prompt, input_ids, 0) * (2 * rank + 1)).sum(dim=1) % 1_000_003
+        digest = (digest * 2_654_435_761 + self.seed * 97) % 2_147_483_647
+        return self.low + digest % (self.length - self.low + 1)
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
-        start = int((input_ids[0] == self.im_start).nonzero().max()) + 1 + self.header
-        step = input_ids.shape[1] - start
-        lengths = self.lengths(input_ids[:, :start])
-        token = torch.where(step < lengths - 1, self.filler, torch.where(step == lengths - 1, self.gen_emb, self.eos))
+        width = input_ids.shape[1]
+        positions = torch.arange(width, device=input_ids.device)
+        start = torch.where(input_ids == self.im_start, positions, -1).amax(dim=1) + 1 + self.header
+        step = width - start
+        lengths = self.lengths(input_ids, start)
+        token = torch.where(
+            step < lengths - 1,
+            self.filler,
+            torch.where(step == lengths - 1, self.gen_emb, self.eos),
+        )
         forced = torch.full_like(scores, float("-inf"))
         forced.scatter_(1, token[:, None], 0.0)
         return forced

@@ -31,7 +31,7 @@ _PUBLIC = {
     "EmbeddingSettings": "ume_plugins.settings",
     "InputPolicy": "ume_plugins.policy",
     "UMEInputError": "ume_plugins.errors",
-    "GenEmbMissingError": "ume_plugins.generation",
+    "GenEmbMissingError": "ume_plugins.engine",
     "load": "ume_plugins.loading",
     "UMESentenceTransformer": "ume_plugins.model",
     "UMER1Embedder": "ume_plugins.module",
@@ -62,8 +62,8 @@ __all__ = [
 
 if TYPE_CHECKING:
     from ume_plugins.checkpoints import UME_R1_2B, UME_R1_7B, Checkpoint, is_ume_r1_checkpoint
+    from ume_plugins.engine import GenEmbMissingError
     from ume_plugins.errors import UMEInputError
-    from ume_plugins.generation import GenEmbMissingError
     from ume_plugins.loading import load
     from ume_plugins.model import UMESentenceTransformer
     from ume_plugins.module import UMER1Embedder

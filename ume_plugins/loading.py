@@ -6,8 +6,8 @@ from collections.abc import Mapping
 from typing import Any
 
 from ume_plugins.checkpoints import MODULE_CLASS_REF, is_ume_r1_checkpoint
+from ume_plugins.engine import BACKENDS
 from ume_plugins.model import UMESentenceTransformer
-from ume_plugins.module import BACKENDS
 from ume_plugins.policy import POLICY_OPTIONS, InputPolicy
 from ume_plugins.settings import SETTING_NAMES, check_mode
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from typing import Any, Literal
+from typing import Any
 
 import torch
 from sentence_transformers.base.modules import InputModule
@@ -20,20 +20,17 @@ from ume_plugins.adapters import (
 from ume_plugins.checkpoints import HubOptions, add_requirements
 from ume_plugins.decoding import decode
 from ume_plugins.device import follow_device, model_load_kwargs
-from ume_plugins.discriminative import disc_states
-from ume_plugins.generation import Rollout, build_generation_config, rollout
+from ume_plugins.engine import BACKENDS, Backend, Engine, EngineSpec, Rollout
 from ume_plugins.inputs import parse
 from ume_plugins.policy import InputPolicy
 from ume_plugins.processing import UMEProcessor
-from ume_plugins.prompts import DISC_EMB_TOKEN, GEN_EMB_TOKEN
 from ume_plugins.reasoning import ForcedGenEmbWarning
 from ume_plugins.settings import DEFAULT_SETTINGS, SETTING_NAMES, EmbeddingSettings, check_mode
 from ume_plugins.tiny import RANDOM_WEIGHTS_KEY, RANDOM_WEIGHTS_WARNING
 
 logger = logging.getLogger(__name__)
-
-Backend = Literal["hf", "vllm"]
-BACKENDS: tuple[str, ...] = ("hf", "vllm")
+# What the engine spec knows of the checkpoint itself, kept when a setting rebuilds the engine.
+_ENGINE_FACTS = ("gen_emb_id", "disc_emb_id", "pad_token_id", "answer_open", "think_closers", "checkpoint", "revision")
 
 
 class UMER1Embedder(AdapterMixin, InputModule):
@@ -101,8 +98,8 @@ class UMER1Embedder(AdapterMixin, InputModule):
         )
         self.processor.tokenizer.padding_side = "left"
         self.ume_processor = UMEProcessor(self.processor, self.max_seq_length)
-        self.gen_emb_id = self._token_id(GEN_EMB_TOKEN, model_name_or_path)
-        self.disc_emb_id = self._token_id(DISC_EMB_TOKEN, model_name_or_path)
+        self._engine = Engine(EngineSpec.from_tokenizer(self.tokenizer, model_name_or_path, revision=hub.revision))
+        self.gen_emb_id, self.disc_emb_id = self._engine.spec.gen_emb_id, self._engine.spec.disc_emb_id
         self.forced_gen_emb = ForcedGenEmbWarning()
         if getattr(self.model.config, RANDOM_WEIGHTS_KEY, False):
             logger.warning(RANDOM_WEIGHTS_WARNING)
@@ -118,6 +115,8 @@ class UMER1Embedder(AdapterMixin, InputModule):
         if name in SETTING_NAMES:
             name, value = "settings", self.settings.replace(**{name: value})
         super().__setattr__(name, value)
+        if name == "settings" and "_engine" in self.__dict__:
+            self.engine()  # the engine's own settings are checked at once, not at the next encode
 
     @property
     def tokenizer(self) -> Any:
@@ -223,6 +222,7 @@ class UMER1Embedder(AdapterMixin, InputModule):
             "sample_embeddings": samples,
             "generated_ids": result.generated_ids[:, 0] if single else result.generated_ids,
             "gen_emb_forced": result.forced[:, 0] if single else result.forced,
+            "answer_forced": result.answer_forced[:, 0] if single else result.answer_forced,
         }
         if result.disc_states is not None:
             output["disc_embedding"] = self._normalised(result.disc_states)
@@ -234,7 +234,7 @@ class UMER1Embedder(AdapterMixin, InputModule):
 
     # The engine: the only lines that call the generation code.
     def _disc_states(self, model_inputs: dict[str, torch.Tensor]) -> torch.Tensor:
-        return disc_states(self.model, model_inputs, self.disc_emb_id)
+        return self.engine().disc_states(self.model, model_inputs)
 
     def _rollout(
         self,
@@ -245,39 +245,37 @@ class UMER1Embedder(AdapterMixin, InputModule):
         seed: int | None,
         features: dict[str, Any],
     ) -> Rollout:
-        hooks = {
-            key: generation_kwargs.pop(key)
-            for key in ("logits_processor", "stopping_criteria")
-            if key in generation_kwargs
-        }
-        config = build_generation_config(
-            self.model.generation_config,
-            max_new_tokens=self.settings.max_new_tokens,
-            pad_token_id=self.tokenizer.pad_token_id,
-            overrides=generation_kwargs,
-            num_samples=num_samples,
-        )
-        if self.backend == "vllm":
-            from ume_plugins.vllm_backend import vllm_rollout
-
-            items = features.get("ume_items")
-            return vllm_rollout(
-                self, model_inputs, items, config, hooks, with_disc=with_disc, num_samples=num_samples, seed=seed
-            )
-        eos = config.eos_token_id
-        return rollout(
+        return self.engine().rollouts(
             self.model,
             model_inputs,
-            gen_emb_id=self.gen_emb_id,
-            disc_emb_id=self.disc_emb_id,
-            eos_token_ids=set(eos if isinstance(eos, list) else [eos]) - {None},
-            generation_config=config,
-            generation_kwargs=hooks,
-            on_missing=self.settings.on_missing_gen_emb,
+            generation_kwargs=generation_kwargs,
             with_disc=with_disc,
             num_samples=num_samples,
             seed=seed,
+            items=features.get("ume_items"),
         )
+
+    def engine(self) -> Engine:
+        """The engine, rebuilt when a setting it reads changed (settings may be set after loading).
+
+        Raises:
+            ValueError: An engine setting out of range.
+        """
+        settings, spec = self.settings, self._engine.spec
+        wanted = EngineSpec(
+            **{name: getattr(spec, name) for name in _ENGINE_FACTS},
+            max_new_tokens=settings.max_new_tokens,
+            on_missing=settings.on_missing_gen_emb,
+            backend=self.backend,
+            vllm_kwargs=self.vllm_kwargs,
+            max_slots=settings.max_slots,
+            thinking_budget=settings.thinking_budget,
+            answer_budget=settings.answer_budget,
+            compile=settings.decode_compile,
+        )
+        if wanted != spec:
+            self._engine = Engine(wanted, self.tokenizer)
+        return self._engine
 
     def _normalised(self, states: torch.Tensor) -> torch.Tensor:
         vectors = torch.nn.functional.normalize(states.float(), p=2, dim=-1)
@@ -288,12 +286,6 @@ class UMER1Embedder(AdapterMixin, InputModule):
                 "try model_kwargs={'dtype': 'float32'}"
             )
         return vectors.to(self.model.device)
-
-    def _token_id(self, token: str, source: str) -> int:
-        token_id = self.tokenizer.convert_tokens_to_ids(token)
-        if token_id is None or token_id == self.tokenizer.unk_token_id:
-            raise ValueError(f"{source} is not a UME-R1 checkpoint: its tokenizer has no {token} token")
-        return token_id
 
     def on_model_ready(self, model: Any) -> None:
         """Re-pick precision and attention when the model landed on another device than guessed."""

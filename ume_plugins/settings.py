@@ -23,8 +23,15 @@ ON_MISSING: tuple[str, ...] = ("force", "raise")
 # What encode(..., output_value=...) may ask for in each mode (None gives every key per row).
 OUTPUT_KEYS: dict[str, tuple[str, ...]] = {
     "discriminative": ("sentence_embedding",),
-    "generative": ("sentence_embedding", "sample_embeddings", "generated_ids", "gen_emb_forced"),
-    "both": ("sentence_embedding", "sample_embeddings", "generated_ids", "gen_emb_forced", "disc_embedding"),
+    "generative": ("sentence_embedding", "sample_embeddings", "generated_ids", "gen_emb_forced", "answer_forced"),
+    "both": (
+        "sentence_embedding",
+        "sample_embeddings",
+        "generated_ids",
+        "gen_emb_forced",
+        "answer_forced",
+        "disc_embedding",
+    ),
 }
 # Keys older versions saved that are runtime choices now: read back, they could loosen the loading
 # user's security (URL and pixel limits) or start code of the folder's choosing (vllm_kwargs).
@@ -52,7 +59,19 @@ class EmbeddingSettings:
             ``max_new_tokens`` (at least half the positions), so prompt and reasoning fit.
         on_missing_gen_emb: When a rollout ends without ``<gen_emb>``: ``"force"`` appends it after
             the truncated reasoning and flags the row; ``"raise"`` raises
-            :class:`~ume_plugins.generation.GenEmbMissingError`.
+            :class:`~ume_plugins.engine.GenEmbMissingError`.
+        max_slots: Most rollouts decoded at once; a larger ``batch_size`` keeps the slots full as
+            rollouts finish (continuous batching). Bounds the KV-cache memory.
+        thinking_budget: Reasoning tokens after which an unclosed ``<think>`` is closed by feeding
+            ``</think><answer>`` (flagged ``answer_forced``); None never closes it. Faster, at a
+            quality cost that is unmeasured (see :mod:`ume_plugins.engine.stages`).
+        answer_budget: Tokens the model may answer after a forced ``</think><answer>`` before
+            ``<gen_emb>`` is forced.
+        decode_compile: How the slot engine runs a decode step: ``"auto"`` (CUDA graphs on CUDA,
+            else eager), ``"eager"``, ``"cuda_graphs"`` or ``"torch_compile"``.
+
+    The engine's settings (the last four) are range-checked by
+    :class:`~ume_plugins.engine.EngineSpec` when the module builds its engine.
     """
 
     mode: Mode = "generative"
@@ -65,6 +84,10 @@ class EmbeddingSettings:
     max_new_tokens: int = 8192
     max_length: int | None = None
     on_missing_gen_emb: OnMissing = "force"
+    max_slots: int = 32
+    thinking_budget: int | None = None
+    answer_budget: int = 64
+    decode_compile: str = "auto"
 
     def __post_init__(self) -> None:
         """Check every value, so that no invalid settings object ever exists.

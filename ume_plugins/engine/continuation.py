@@ -1,16 +1,16 @@
 """One forward pass over prompt + continuation: the maintainers' definition of the ``<gen_emb>`` state.
 
 UME-R1's maintainers (issue #11) and its training code read the embedding from one forward pass over
-the prompt followed by the generated ids up to and including ``<gen_emb>``. The HF decoding engine
-never needs this (it captures the state while decoding, see :mod:`ume_plugins.generation`); the
-two-phase accelerated backend does: a serving engine writes the reasoning, this reads the state.
+the prompt followed by the generated ids up to and including ``<gen_emb>``. The built-in decoders
+never need this (they capture the state while decoding); the two-phase accelerated backend does: a
+serving engine writes the reasoning, this reads the state.
 """
 
 from __future__ import annotations
 
 import torch
 
-from ume_plugins.generation import last_position
+from ume_plugins.engine.batching import last_position, visual_inputs
 
 
 def states_after(
@@ -24,12 +24,13 @@ def states_after(
 
     Args:
         model: A ``Qwen2VLForConditionalGeneration``.
-        features: Left-padded prompt features of the rows (see :func:`ume_plugins.batching.select_rows`).
+        features: Left-padded prompt features of the rows (see :func:`ume_plugins.engine.batching.select_rows`).
         continuations: Per row, the ids that follow the prompt, ending with ``<gen_emb>``.
         disc_emb_id: When given, also read each row's state at its last ``<disc_emb>`` of the prompt.
 
     Returns:
-        ``[rows, hidden]`` float32 states at each sequence's last token, and at ``<disc_emb>`` (or None).
+        ``[rows, hidden]`` float32 states at each sequence's last token, and at ``<disc_emb>`` (or None),
+        on the model's device.
     """
     prompt_ids, prompt_mask = features["input_ids"], features["attention_mask"]
     device = prompt_ids.device
@@ -45,9 +46,7 @@ def states_after(
         attention_mask[row, width - len(sequence) :] = 1
         if type_ids is not None:
             type_ids[row, width - len(sequence) : width - len(extra)] = token_types[row][keep]
-    inputs = {
-        key: value for key, value in features.items() if key.startswith(("pixel_values", "image_grid", "video_grid"))
-    }
+    inputs = visual_inputs(features)
     if type_ids is not None:
         inputs["mm_token_type_ids"] = type_ids
     output = model.model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False, **inputs)
@@ -55,5 +54,5 @@ def states_after(
     disc = None
     if disc_emb_id is not None:
         rows = torch.arange(len(continuations), device=device)
-        disc = hidden[rows, last_position(input_ids, disc_emb_id)].float().cpu()
-    return hidden[:, -1].float().cpu(), disc
+        disc = hidden[rows, last_position(input_ids, disc_emb_id)].float()
+    return hidden[:, -1].float(), disc

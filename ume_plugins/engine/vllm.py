@@ -3,8 +3,8 @@
 1. vLLM writes the reasoning (continuous batching, paged KV cache, CUDA graphs), stopping at
    ``<gen_emb>``.
 2. One forward pass of our model over prompt + reasoning + ``<gen_emb>`` reads the embedding
-   (:func:`~ume_plugins.continuation.states_after`): the same state the HF engine captures while
-   decoding, so for the same reasoning both backends give the same vector.
+   (:func:`~ume_plugins.engine.continuation.states_after`): the same state the built-in decoders
+   capture while decoding, so for the same reasoning both backends give the same vector.
 
 vLLM is an optional extra imported only here, and only when this backend runs:
 ``pip install "ume-plugins[vllm]"`` (it needs a CUDA GPU). Phase 1 gets the prompt exactly as our
@@ -17,18 +17,16 @@ from __future__ import annotations
 import functools
 import importlib.util
 import logging
-from typing import TYPE_CHECKING, Any
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import torch
 from transformers import GenerationConfig
 
-from ume_plugins.continuation import states_after
-from ume_plugins.generation import GenEmbMissingError, Rollout
-
-if TYPE_CHECKING:
-    from ume_plugins.decoding import Item
-    from ume_plugins.module import UMER1Embedder
+from ume_plugins.engine.base import OnMissing, Rollout, assemble, eos_token_ids, missing_gen_emb_error
+from ume_plugins.engine.continuation import states_after
+from ume_plugins.engine.sampling import call_seed
 
 logger = logging.getLogger(__name__)
 
@@ -57,57 +55,94 @@ def import_vllm() -> Any:
     return vllm
 
 
-def vllm_rollout(
-    module: UMER1Embedder,
-    features: dict[str, torch.Tensor],
-    items: list[Item] | None,
-    config: GenerationConfig,
-    hooks: dict[str, Any],
-    *,
-    with_disc: bool,
-    num_samples: int,
-    seed: int | None,
-) -> Rollout:
-    """Both phases for one batch: vLLM writes k rollouts per input, our model reads their states.
+class VllmBackend:
+    """Phase 1 in vLLM (started on first use with the checkpoint the model was loaded from), phase 2 here.
 
-    Raises:
-        ImportError: vLLM is not installed.
-        ValueError: HF ``logits_processor`` / ``stopping_criteria`` hooks, which vLLM cannot run.
-        GenEmbMissingError: A rollout lacks ``<gen_emb>`` and ``on_missing_gen_emb="raise"``.
+    Args:
+        checkpoint: The checkpoint vLLM loads (local folder or hub id).
+        revision: Its hub revision.
+        tokenizer: The checkpoint's tokenizer (phase-1 prompts are our tokenised prompts as text).
+        gen_emb_id: Id of ``<gen_emb>``.
+        disc_emb_id: Id of ``<disc_emb>``.
+        on_missing: ``"raise"`` raises when a rollout lacks ``<gen_emb>``.
+        vllm_kwargs: Extra arguments for ``vllm.LLM``.
     """
-    if hooks:
-        raise ValueError(f"backend='vllm' cannot run transformers {sorted(hooks)}; use backend='hf'")
-    if items is None:
-        raise ValueError("backend='vllm' needs the decoded items: run preprocess with backend='vllm'")
-    vllm = import_vllm()
-    engine = _engine(module, vllm)
-    if seed is None and config.do_sample:
-        seed = int(torch.randint(2**62, (1,)).item())
-    params = sampling_params(vllm, config, num_samples, seed, module.gen_emb_id)
-    requests = phase_one_requests(module.tokenizer, features, items)
-    outputs = engine.generate(requests, params, use_tqdm=False)
-    eos = config.eos_token_id
-    eos_ids = set(eos if isinstance(eos, list) else [eos]) - {None}
-    reasoning, forced = [], []
-    for request in outputs:
-        for completion in request.outputs:
-            ids, was_forced = reasoning_ids(
-                list(completion.token_ids), completion.stop_reason, module.gen_emb_id, eos_ids
-            )
-            reasoning.append(ids)
-            forced.append(was_forced)
-    return embed_reasoning(
-        module.model,
-        features,
-        reasoning,
-        forced,
-        gen_emb_id=module.gen_emb_id,
-        disc_emb_id=module.disc_emb_id if with_disc else None,
-        num_samples=num_samples,
-        pad_token_id=config.pad_token_id,
-        on_missing=module.on_missing_gen_emb,
-        max_new_tokens=config.max_new_tokens,
-    )
+
+    def __init__(
+        self,
+        checkpoint: str,
+        revision: str | None,
+        tokenizer: Any,
+        *,
+        gen_emb_id: int,
+        disc_emb_id: int,
+        on_missing: OnMissing,
+        vllm_kwargs: dict[str, Any] | None = None,
+    ) -> None:
+        self.checkpoint, self.revision, self.tokenizer = checkpoint, revision, tokenizer
+        self.gen_emb_id, self.disc_emb_id, self.on_missing = gen_emb_id, disc_emb_id, on_missing
+        self.vllm_kwargs = vllm_kwargs or {}
+        self.llm: Any = None
+
+    def rollout(
+        self,
+        model: torch.nn.Module,
+        features: dict[str, torch.Tensor],
+        items: Sequence[Any] | None,
+        config: GenerationConfig,
+        hooks: dict[str, Any],
+        *,
+        with_disc: bool,
+        num_samples: int,
+        seed: int | None,
+    ) -> Rollout:
+        """Both phases for one batch: vLLM writes k rollouts per input, ``model`` reads their states.
+
+        Raises:
+            ImportError: vLLM is not installed.
+            ValueError: HF ``logits_processor`` / ``stopping_criteria`` hooks, which vLLM cannot run.
+            GenEmbMissingError: A rollout lacks ``<gen_emb>`` and ``on_missing="raise"``.
+        """
+        if hooks:
+            raise ValueError(f"backend='vllm' cannot run transformers {sorted(hooks)}; use backend='hf'")
+        if items is None:
+            raise ValueError("backend='vllm' needs the decoded items: run preprocess with backend='vllm'")
+        vllm = import_vllm()
+        if self.llm is None:
+            kwargs = {
+                "model": self.checkpoint,
+                "revision": self.revision,
+                "dtype": str(model.dtype).removeprefix("torch."),
+                **DEFAULT_VLLM_KWARGS,
+                **self.vllm_kwargs,
+            }
+            logger.info("Starting vLLM for %s", self.checkpoint)
+            self.llm = vllm.LLM(**kwargs)
+        if config.do_sample:
+            seed = call_seed(seed)
+        params = sampling_params(vllm, config, num_samples, seed, self.gen_emb_id)
+        outputs = self.llm.generate(phase_one_requests(self.tokenizer, features, items), params, use_tqdm=False)
+        eos_ids = set(eos_token_ids(config))
+        reasoning, forced = [], []
+        for request in outputs:
+            for completion in request.outputs:
+                ids, was_forced = reasoning_ids(
+                    list(completion.token_ids), completion.stop_reason, self.gen_emb_id, eos_ids
+                )
+                reasoning.append(ids)
+                forced.append(was_forced)
+        return embed_reasoning(
+            model,
+            features,
+            reasoning,
+            forced,
+            gen_emb_id=self.gen_emb_id,
+            disc_emb_id=self.disc_emb_id if with_disc else None,
+            num_samples=num_samples,
+            pad_token_id=config.pad_token_id,
+            on_missing=self.on_missing,
+            max_new_tokens=config.max_new_tokens,
+        )
 
 
 def embed_reasoning(
@@ -139,14 +174,10 @@ def embed_reasoning(
         max_new_tokens: The budget, for the error message.
 
     Returns:
-        The same :class:`~ume_plugins.generation.Rollout` the HF engine returns.
+        The same :class:`~ume_plugins.engine.base.Rollout` the built-in decoders return.
     """
     if on_missing == "raise" and any(forced):
-        inputs = sorted({row // num_samples for row, flag in enumerate(forced) if flag})
-        raise GenEmbMissingError(
-            f"batch rows {inputs} did not write <gen_emb> within {max_new_tokens} new tokens; "
-            "raise max_new_tokens or use on_missing_gen_emb='force'"
-        )
+        raise missing_gen_emb_error([row for row, flag in enumerate(forced) if flag], num_samples, max_new_tokens)
     batch = features["input_ids"].shape[0]
     continuations = [ids + [gen_emb_id] if flag else ids for ids, flag in zip(reasoning, forced, strict=True)]
     states, disc = [], None
@@ -158,14 +189,12 @@ def embed_reasoning(
         )
         states.append(sample_states)
         disc = sample_disc if sample == 0 else disc
-    width = max((len(ids) for ids in reasoning), default=0)
-    generated_ids = torch.full((len(reasoning), width), pad_token_id, dtype=torch.long)
-    for row, ids in enumerate(reasoning):
-        generated_ids[row, : len(ids)] = torch.tensor(ids, dtype=torch.long)
-    return Rollout(
-        states=torch.stack(states, dim=1),
-        generated_ids=generated_ids.view(batch, num_samples, width),
-        forced=torch.tensor(forced, dtype=torch.bool).view(batch, num_samples),
+    return assemble(
+        torch.stack(states, dim=1).flatten(0, 1),
+        reasoning,
+        forced,
+        num_samples=num_samples,
+        pad_token_id=pad_token_id,
         disc_states=disc,
     )
 
@@ -186,8 +215,11 @@ def reasoning_ids(
     return token_ids[:end], True
 
 
-def phase_one_requests(tokenizer: Any, features: dict[str, torch.Tensor], items: list[Item]) -> list[dict[str, Any]]:
-    """Phase-1 prompts: our tokenised prompts as text with one placeholder per image/video, plus the media."""
+def phase_one_requests(tokenizer: Any, features: dict[str, torch.Tensor], items: Sequence[Any]) -> list[dict[str, Any]]:
+    """Phase-1 prompts: our tokenised prompts as text with one placeholder per image/video, plus the media.
+
+    ``items`` are the decoded inputs (``images``: PIL images, ``video``: frames or None), in batch order.
+    """
     pads = {tokenizer.convert_tokens_to_ids("<|image_pad|>"), tokenizer.convert_tokens_to_ids("<|video_pad|>")}
     requests = []
     for ids, mask, item in zip(features["input_ids"], features["attention_mask"], items, strict=True):
@@ -207,8 +239,7 @@ def phase_one_requests(tokenizer: Any, features: dict[str, torch.Tensor], items:
 
 def sampling_params(vllm: Any, config: GenerationConfig, num_samples: int, seed: int | None, gen_emb_id: int) -> Any:
     """The ``vllm.SamplingParams`` equivalent to the generation config (greedy unless it samples)."""
-    eos = config.eos_token_id
-    stop = [gen_emb_id, *(eos if isinstance(eos, list) else [eos] if eos is not None else [])]
+    stop = [gen_emb_id, *eos_token_ids(config)]
     kwargs: dict[str, Any] = {
         "n": num_samples,
         "max_tokens": config.max_new_tokens,
@@ -226,20 +257,3 @@ def sampling_params(vllm: Any, config: GenerationConfig, num_samples: int, seed:
     else:
         kwargs["temperature"] = 0.0
     return vllm.SamplingParams(**kwargs)
-
-
-def _engine(module: UMER1Embedder, vllm: Any) -> Any:
-    """The module's vLLM engine, created on first use with the checkpoint the module loaded."""
-    engine = getattr(module, "_vllm_engine", None)
-    if engine is None:
-        kwargs = {
-            "model": module.name_or_path,
-            "revision": module.revision,
-            "dtype": str(module.model.dtype).removeprefix("torch."),
-            **DEFAULT_VLLM_KWARGS,
-            **(module.vllm_kwargs or {}),
-        }
-        logger.info("Starting vLLM for %s", module.name_or_path)
-        engine = vllm.LLM(**kwargs)
-        module._vllm_engine = engine
-    return engine

@@ -8,7 +8,7 @@ import torch
 
 import ume_plugins
 from tests.conftest import REASONING, ScriptedDecoding, gradient, solid
-from ume_plugins import vllm_backend
+from ume_plugins.engine import vllm as vllm_backend
 
 INPUTS = [
     "a red fox jumps over the fence",

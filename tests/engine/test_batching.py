@@ -3,7 +3,7 @@ from __future__ import annotations
 import numpy as np
 
 from tests.conftest import gradient
-from ume_plugins.batching import length_groups, sub_batch
+from ume_plugins.engine.batching import length_groups, sub_batch
 
 
 def test_length_groups_keep_padding_within_bounds_and_cover_every_row():

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from ume_plugins.batching import length_groups, model_inputs, sub_batch
-from ume_plugins.generation import last_position
+from ume_plugins.engine.batching import last_position, length_groups, model_inputs, sub_batch
 
 
 def disc_states(model: torch.nn.Module, features: dict[str, torch.Tensor], disc_emb_id: int) -> torch.Tensor:

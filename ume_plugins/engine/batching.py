@@ -1,15 +1,16 @@
-"""Rows of a processed batch: selecting them (visual patches included) and grouping them by length.
+"""Rows of a processed batch: the features the model takes, and selecting, grouping and searching rows.
 
 sentence-transformers sorts inputs before batching by a crude size (characters for text, pixels for
 images), so one batch can mix prompts of very different token counts (a 130-token text beside a
 50-token image prompt). For a single forward pass (discriminative mode) the padding is pure waste:
 measured on the benchmark checkpoint, a batch of 32 mixed inputs carried 71% padding and ran
-slower than 32 single calls. :func:`length_groups` cuts a batch into sub-batches of similar length.
-Generative mode keeps the whole batch: there the prompt is a small share of the work and decoding
-rows together is what pays.
+slower than 32 single calls. :func:`length_groups` cuts a batch into sub-batches of similar length:
+the discriminative pass and the slot engine's prefills run in them.
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 import torch
 
@@ -23,9 +24,25 @@ _COUNT_KEYS = tuple(count_key for _, _, count_key in _VISUAL_KEYS)
 MAX_PADDING = 0.25
 
 
-def model_inputs(features: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """The features the model takes: everything but the per-row image/video counts."""
-    return {key: value for key, value in features.items() if key not in _COUNT_KEYS}
+def model_inputs(features: dict[str, Any]) -> dict[str, torch.Tensor]:
+    """The features the model takes: the processor's tensors, without per-row counts or ``ume_*`` entries."""
+    return {
+        key: value
+        for key, value in features.items()
+        if key not in _COUNT_KEYS and not key.startswith("ume_") and isinstance(value, torch.Tensor)
+    }
+
+
+def visual_inputs(features: dict[str, Any]) -> dict[str, torch.Tensor]:
+    """The pixel values and grids of the batch's images and videos (absent keys left out)."""
+    keys = [key for pixels, grid, _ in _VISUAL_KEYS for key in (pixels, grid)]
+    return {key: features[key] for key in keys if features.get(key) is not None}
+
+
+def last_position(input_ids: torch.Tensor, token_id: int) -> torch.Tensor:
+    """Per row, the index of the last occurrence of ``token_id`` (which must occur)."""
+    positions = torch.arange(input_ids.shape[1], device=input_ids.device).expand_as(input_ids)
+    return torch.where(input_ids == token_id, positions, -1).max(dim=1).values
 
 
 def select_rows(features: dict[str, torch.Tensor], rows: list[int]) -> dict[str, torch.Tensor]:

@@ -1,0 +1,528 @@
+"""UME-R1 generative mode on one GPU: the slot engine against the reference loop, mteb's wrapper and generate.
+
+    python benchmarks/gpu.py                      # CUDA: UME-R1-2B's architecture in bf16, < 8 min on one H100
+    python benchmarks/gpu.py --quick              # CPU: a small shape, < 3 min
+    python benchmarks/gpu.py --mteb-wheel W.whl   # mteb's wrapper read from its wheel when mteb does not import
+
+The model is Qwen2-VL-2B's exact architecture (UME-R1-2B: 28 layers x 1536, vocab 151936, a
+32-block vision tower) with random weights, built on the device (no download); the tiny
+tokenizer gives the special tokens. Inputs are texts and texts with a 448x448 image; every
+rollout is scripted to a length drawn from a seeded 64-1024 distribution (``--quick``: 16-64),
+identical for every contender, which all see the same prompts and pixels.
+
+Contenders, each at slot/batch sizes 1, 8, 32, 64 as the time budget allows:
+
+- ``ours-graphs`` / ``ours-compile`` / ``ours-eager``: the slot engine (continuous batching, the
+  size is its slot count) with CUDA graphs, ``torch.compile`` (inductor, reduce-overhead) or eager;
+- ``reference``: the dynamic reference loop, one static batch after another;
+- ``generate``: plain HF ``generate``, no hidden states kept, one static batch after another;
+- ``mteb``: mteb's ``UMER1Wrapper.encode`` (``generate`` keeping every step's hidden states).
+
+Reported: items/s, decode tokens/s, peak GPU memory above the weights, decode steps against total
+tokens / slots, the % of the memory-bandwidth roofline of one decode step at batch 1 (weights plus
+live KV read per step, divided by the bandwidth of a device-to-device copy measured in the same
+run), and the lowest cosine between an input's vector batched and alone (bf16). Each contender has a
+share of the time budget; a run predicted (from its warm-up) to overrun it is skipped and listed.
+Results go to ``benchmarks/results/gpu-<device>.json`` and ``.md`` after every run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import random
+import re
+import time
+import traceback
+from pathlib import Path
+from typing import Any
+
+import torch
+from gpu_model import Prompts, build_model, decode_bytes, mteb_encoder, mteb_wrapper, tokenizer
+from transformers import LogitsProcessorList
+from workload import ForcedReasoning, texts
+
+from ume_plugins.engine import Engine, EngineSpec
+from ume_plugins.engine.batching import model_inputs
+
+HERE = Path(__file__).resolve().parent
+SEED = 12
+SIZES = (1, 8, 32, 64)
+QUICK_SIZES = (1, 4, 8, 16)
+
+
+def make_plan(sizes: tuple[int, ...]) -> dict[str, tuple[float, list[tuple[str, int]]]]:
+    """Each contender's share of the time budget, and its (inputs, size) runs in the order they are tried."""
+    one, small, large, largest = sizes
+    return {
+        "ours-graphs": (0.16, [(kind, size) for kind in ("text", "text+image") for size in sizes]),
+        "mteb": (0.14, [("text", small), ("text", one), ("text+image", small), ("text", large)]),
+        "generate": (0.14, [("text", small), ("text", one), ("text", large), ("text", largest)]),
+        "reference": (0.11, [("text", small), ("text", one), ("text", large)]),
+        "ours-eager": (0.09, [("text", size) for size in sizes]),
+        "ours-compile": (0.20, [("text", one), ("text", small), ("text", largest)]),
+    }
+
+
+PLAN = make_plan(SIZES)
+ROOFLINE = ("ours-graphs", "ours-compile", "ours-eager", "generate")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true", help="small shape on the CPU")
+    parser.add_argument("--budget-s", type=float, help="time budget in seconds (default 440, quick 150)")
+    parser.add_argument("--contenders", default=",".join(PLAN), help="comma-separated subset")
+    parser.add_argument("--mteb-wheel", help="mteb wheel to read UMER1Wrapper from when mteb does not import")
+    parser.add_argument("--out", type=Path, default=HERE / "results")
+    options = parser.parse_args()
+    Bench(options).run()
+
+
+class Bench:
+    """One benchmark run: setup, the planned runs within the budget, and the tables."""
+
+    def __init__(self, options: argparse.Namespace) -> None:
+        self.started = time.perf_counter()
+        self.quick = options.quick or not torch.cuda.is_available()
+        self.budget = options.budget_s or (150.0 if self.quick else 440.0)
+        self.device = torch.device("cpu" if self.quick else "cuda")
+        self.dtype = torch.float32 if self.quick else torch.bfloat16
+        self.plan_runs = make_plan(QUICK_SIZES if self.quick else SIZES)
+        self.contenders = [name for name in options.contenders.split(",") if name in self.plan_runs]
+        if self.quick:
+            torch.set_num_threads(min(4, torch.get_num_threads()))
+            self.contenders = [name for name in self.contenders if name not in ("ours-graphs", "ours-compile")]
+        active = sum(self.plan_runs[name][0] for name in self.contenders)
+        self.plan_runs = {name: (self.plan_runs[name][0] / active, runs) for name, (_, runs) in self.plan_runs.items()}
+        self.primary = "ours-graphs" if "ours-graphs" in self.contenders else "ours-eager"
+        self.mteb_wheel, self.out = options.mteb_wheel, options.out
+        self.low, self.high = (8, 32) if self.quick else (64, 1024)
+        self.results: dict[str, Any] = {"runs": [], "skipped": [], "roofline": [], "cosine": []}
+        self.states: dict[tuple[str, str, int], torch.Tensor] = {}
+
+    # ---- setup -------------------------------------------------------------------------------
+
+    def run(self) -> None:
+        """Set up, run the plan, write the results."""
+        self.tok = tokenizer()
+        self.model = build_model(self.tok, self.device, self.dtype, self.quick)
+        self.prompts = Prompts(self.tok, self.device, self.dtype)
+        weights, per_token = decode_bytes(self.model)
+        name = torch.cuda.get_device_name() if self.device.type == "cuda" else f"CPU ({platform.machine()})"
+        self.results["settings"] = {
+            "device": name,
+            "torch": torch.__version__,
+            "transformers": __import__("transformers").__version__,
+            "model": "random Qwen2-VL shape " + ("(quick)" if self.quick else "of UME-R1-2B"),
+            "parameters": sum(p.numel() for p in self.model.parameters()),
+            "dtype": str(self.dtype).removeprefix("torch."),
+            "lengths": [self.low, self.high],
+            "decode_weight_bytes": weights,
+            "kv_bytes_per_token": per_token,
+            "copy_bandwidth_gbs": bandwidth(self.device) / 1e9,
+            "budget_s": self.budget,
+        }
+        words = texts(128, seed=SEED)
+        pictures = _square_images(128, 112 if self.quick else 448)
+        self.items = {
+            "text": [(text, None) for text in words],
+            "text+image": list(zip(words, pictures, strict=True)),
+        }
+        self.forced = ForcedReasoning(self.tok, self.high, varied=True, low=self.low, seed=SEED)
+        for contender in self.contenders:
+            self.results.setdefault("budget_s_by_contender", {})[contender] = self.plan_runs[contender][0] * self.budget
+        self.used = dict.fromkeys(self.contenders, 0.0)
+        self.plan()
+        self.results["seconds"] = time.perf_counter() - self.started
+        self.write()
+        print((self.out / f"gpu-{self.slug}.md").read_text(encoding="utf-8"))
+
+    @property
+    def slug(self) -> str:
+        return re.sub(r"[^a-z0-9]+", "-", self.results["settings"]["device"].lower()).strip("-")
+
+    def left(self) -> float:
+        return self.budget - (time.perf_counter() - self.started)
+
+    # ---- the plan ----------------------------------------------------------------------------
+
+    def plan(self) -> None:
+        order = [
+            (self.primary, None),
+            ("roofline", self.primary),
+            ("mteb", 0),
+            ("generate", 0),
+            ("cosine", self.primary),
+            ("roofline", "generate"),
+            ("reference", 0),
+            ("ours-eager", None),
+            ("roofline", "ours-eager"),
+            ("ours-compile", None),
+            ("roofline", "ours-compile"),
+            ("mteb", None),
+            ("generate", None),
+            ("reference", None),
+        ]
+        done: set[tuple[str, str, int]] = set()
+        for task, which in order:
+            if task == "roofline":
+                if which in self.contenders and which in ROOFLINE:
+                    self.guard(which, "roofline", 1, lambda which=which: self.roofline(which))
+                continue
+            if task == "cosine":
+                if which in self.contenders:
+                    for kind in self.items:
+                        self.guard(which, f"cosine {kind}", 1, lambda k=kind, w=which: self.cosine(w, k))
+                continue
+            if task not in self.contenders:
+                continue
+            runs = self.plan_runs[task][1] if which is None else self.plan_runs[task][1][: which + 1]
+            for kind, size in runs:
+                if (task, kind, size) not in done:
+                    done.add((task, kind, size))
+                    self.guard(task, kind, size, lambda t=task, k=kind, s=size: self.measure(t, k, s))
+
+    def guard(self, contender: str, kind: str, size: int, run: Any) -> None:
+        """Run one task unless the budget is spent; a failure is recorded, never fatal."""
+        share = self.plan_runs[contender][0] * self.budget - self.used[contender]
+        if self.left() < 10 or share <= 0:
+            self.skip(contender, kind, size, f"budget spent ({self.left():.0f} s left overall)")
+            return
+        start = time.perf_counter()
+        try:
+            run()
+        except _Skip as skip:
+            self.skip(contender, kind, size, str(skip))
+        except Exception as error:  # noqa: BLE001 - one broken contender must not end the run
+            traceback.print_exc()
+            self.skip(contender, kind, size, f"failed: {type(error).__name__}: {str(error)[:200]}")
+        finally:
+            self.used[contender] += time.perf_counter() - start
+            if self.device.type == "cuda":
+                torch.cuda.empty_cache()
+            self.write()
+
+    def skip(self, contender: str, kind: str, size: int, why: str) -> None:
+        self.results["skipped"].append({"contender": contender, "inputs": kind, "size": size, "why": why})
+        print(f"skipped {contender} {kind} {size}: {why}", flush=True)
+
+    def allowance(self, contender: str) -> float:
+        return min(self.plan_runs[contender][0] * self.budget - self.used[contender], self.left() - 5)
+
+    # ---- one measured run ------------------------------------------------------------------------
+
+    def measure(self, contender: str, kind: str, size: int) -> None:
+        items = self.items[kind][: max(2, 2 * size)]
+        lengths = self.scripted_lengths(items)
+        started = time.perf_counter()
+        self.execute(contender, items[:size], size, ForcedReasoning(self.tok, 4))  # warm-up (compiles, captures)
+        timed = []
+        for length in (4, 20):  # calibration: one wave's prefill and the cost of a step
+            start = time.perf_counter()
+            self.execute(contender, items[:size], size, ForcedReasoning(self.tok, length))
+            timed.append(time.perf_counter() - start)
+        per_step = max(timed[1] - timed[0], 1e-6) / 16
+        waves = -(-len(items) // size)
+        predicted = waves * max(timed[0] - 4 * per_step, 0) + per_step * self.steps_needed(contender, lengths, size)
+        if predicted > self.allowance(contender) - (time.perf_counter() - started):
+            raise _Skip(f"predicted {predicted:.0f} s (from its warm-up) exceeds its remaining budget")
+        memory = self.memory_before()
+        start = time.perf_counter()
+        result = self.execute(contender, items, size, self.forced)
+        seconds = time.perf_counter() - start
+        peak = self.peak_above(memory)
+        tokens = sum(lengths)
+        steps = result.get("steps") or self.steps_needed(contender, lengths, size)
+        row = {
+            "contender": contender,
+            "inputs": kind,
+            "size": size,
+            "items": len(items),
+            "seconds": seconds,
+            "items_per_s": len(items) / seconds,
+            "decode_tokens_per_s": tokens / seconds,
+            "peak_gib_above_weights": peak,
+            "decode_steps": steps,
+            "steps_vs_ideal": steps / (tokens / size),
+            "tokens": tokens,
+        }
+        if "tokens" in result and result["tokens"] != tokens:
+            row["note"] = f"wrote {result['tokens']} tokens, scripted {tokens}"
+        if "note" in result:
+            row["note"] = result["note"]
+        self.results["runs"].append(row)
+        if "states" in result:
+            self.states[(contender, kind, size)] = result["states"].float().cpu()
+        print(json.dumps(row), flush=True)
+
+    def execute(self, contender: str, items: list, size: int, forced: ForcedReasoning) -> dict[str, Any]:
+        """Run ``items`` through a contender at slot/batch ``size``."""
+        self.sync()
+        if contender.startswith("ours"):
+            mode = {"ours-graphs": "cuda_graphs", "ours-compile": "torch_compile", "ours-eager": "eager"}[contender]
+            result = self.engine(mode, size).rollouts(
+                self.model, self.features(items), generation_kwargs=self.kwargs(forced)
+            )
+            self.sync()
+            return {"steps": result.decode_steps, "states": result.states[:, 0], "tokens": self.written(result)}
+        chunks = [items[start : start + size] for start in range(0, len(items), size)]
+        if contender == "reference":
+            engine = self.engine("eager", size)
+            for chunk in chunks:
+                engine.rollouts(
+                    self.model, self.features(chunk), generation_kwargs=self.kwargs(forced), decoder="reference"
+                )
+        elif contender == "generate":
+            with torch.inference_mode():
+                for chunk in chunks:
+                    self.model.generate(
+                        **model_inputs(self.features(chunk)),
+                        logits_processor=LogitsProcessorList([forced]),
+                        max_new_tokens=forced.length + 1,
+                        do_sample=False,
+                    )
+        else:
+            found = self.run_mteb(items, size, forced)
+            self.sync()
+            return found
+        self.sync()
+        return {}
+
+    def run_mteb(self, items: list, size: int, forced: ForcedReasoning) -> dict[str, Any]:
+        from torch.utils.data import DataLoader
+
+        cls, origin = mteb_wrapper(self.mteb_wheel)
+        if cls is None:
+            raise _Skip(origin)
+        self.results["mteb_origin"] = origin
+        wrapper = mteb_encoder(cls, _ForcedGenerate(self.model, forced), self.prompts, self.device)
+
+        class Rows(list):
+            features = {"text": None}
+
+        rows = Rows({"text": text, "image": image} for text, image in items)
+        with_images = items[0][1] is not None
+
+        def collate(batch: list[dict]) -> dict[str, list]:
+            out = {"text": [row["text"] for row in batch]}
+            if with_images:
+                out["image"] = [row["image"] for row in batch]
+            return out
+
+        loader = DataLoader(rows, batch_size=size, collate_fn=collate)
+        self.prompts.built.clear()
+        wrapper.encode(loader, task_metadata=None, hf_split="test", hf_subset="default", show_progress_bar=False)
+        ours = [ids[mask.bool()].tolist() for item in items for ids, mask in self._prompt_rows(item)]
+        return {"note": "prompts differ from ours"} if self.prompts.built != ours else {}
+
+    def _prompt_rows(self, item: tuple) -> Any:
+        features = self.features([item])
+        return zip(features["input_ids"], features["attention_mask"], strict=True)
+
+    # ---- roofline and cosine -------------------------------------------------------------------
+
+    def roofline(self, contender: str) -> None:
+        """Time of one decode step at batch 1, from two runs that differ only in their scripted length."""
+        item = self.items["text"][:1]
+        short, long = (8, 40) if self.quick else (64, 320)
+        self.execute(contender, item, 1, ForcedReasoning(self.tok, 16))
+        times = []
+        for length in (short, long):
+            start = time.perf_counter()
+            self.execute(contender, item, 1, ForcedReasoning(self.tok, length))
+            times.append(time.perf_counter() - start)
+        step = (times[1] - times[0]) / (long - short)
+        settings = self.results["settings"]
+        prompt = int(self.features(item)["attention_mask"].sum())
+        read = settings["decode_weight_bytes"] + settings["kv_bytes_per_token"] * (prompt + (short + long) / 2)
+        self.results["roofline"].append(
+            {
+                "contender": contender,
+                "step_ms": step * 1e3,
+                "bytes_per_step": read,
+                "percent_of_copy_bandwidth": 100 * read / (settings["copy_bandwidth_gbs"] * 1e9) / step,
+            }
+        )
+
+    def cosine(self, contender: str, kind: str) -> None:
+        """Lowest cosine between inputs' vectors batched (largest slot count run) and alone."""
+        batched = [key for key in self.states if key[0] == contender and key[1] == kind and key[2] > 1]
+        if not batched:
+            raise _Skip("no batched run to compare")
+        key = max(batched, key=lambda found: found[2])
+        count = 3 if self.quick else 6
+        alone = []
+        for item in self.items[kind][:count]:
+            features = self.features([item])
+            result = self.engine("cuda_graphs" if contender == "ours-graphs" else "eager", 1).rollouts(
+                self.model, features, generation_kwargs=self.kwargs(self.forced)
+            )
+            alone.append(result.states[0, 0].float().cpu())
+        cosines = torch.nn.functional.cosine_similarity(self.states[key][:count], torch.stack(alone), dim=-1)
+        self.results["cosine"].append(
+            {
+                "contender": contender,
+                "inputs": kind,
+                "batched_size": key[2],
+                "items": count,
+                "min": float(cosines.min()),
+            }
+        )
+
+    # ---- helpers -------------------------------------------------------------------------------
+
+    def engine(self, mode: str, slots: int) -> Engine:
+        spec = EngineSpec.from_tokenizer(
+            self.tok, "random-ume-r1", max_new_tokens=self.high, max_slots=slots, compile=mode
+        )
+        return Engine(spec)
+
+    def features(self, items: list) -> dict[str, torch.Tensor]:
+        return self.prompts.features([self.prompts.message(text, image) for text, image in items])
+
+    def kwargs(self, forced: ForcedReasoning) -> dict[str, Any]:
+        return {"logits_processor": [forced], "max_new_tokens": self.high}
+
+    def written(self, result: Any) -> int:
+        return int((result.generated_ids != self.tok.pad_token_id).sum())
+
+    def scripted_lengths(self, items: list) -> list[int]:
+        lengths = []
+        for item in items:
+            ids = self.features([item])["input_ids"]
+            lengths.append(int(self.forced.lengths(ids, torch.tensor([ids.shape[1]], device=ids.device))[0]))
+        return lengths
+
+    @staticmethod
+    def steps_needed(contender: str, lengths: list[int], size: int) -> int:
+        if contender.startswith("ours"):
+            return int(sum(lengths) / size * 1.15) + 1
+        return sum(max(lengths[start : start + size]) + 1 for start in range(0, len(lengths), size))
+
+    def sync(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize()
+
+    def memory_before(self) -> int:
+        if self.device.type != "cuda":
+            return 0
+        torch.cuda.reset_peak_memory_stats()
+        return torch.cuda.memory_allocated()
+
+    def peak_above(self, before: int) -> float | None:
+        return (torch.cuda.max_memory_allocated() - before) / 2**30 if self.device.type == "cuda" else None
+
+    # ---- output --------------------------------------------------------------------------------
+
+    def write(self) -> None:
+        if "settings" not in self.results:
+            return
+        self.results["seconds"] = time.perf_counter() - self.started
+        self.out.mkdir(parents=True, exist_ok=True)
+        (self.out / f"gpu-{self.slug}.json").write_text(json.dumps(self.results, indent=2) + "\n", encoding="utf-8")
+        (self.out / f"gpu-{self.slug}.md").write_text(markdown(self.results), encoding="utf-8")
+
+
+class _Skip(Exception):
+    """A task not run, and why."""
+
+
+class _ForcedGenerate:
+    """The model, with the scripted reasoning added to every ``generate`` call (mteb's encode hard-codes them)."""
+
+    def __init__(self, model: torch.nn.Module, forced: ForcedReasoning) -> None:
+        self._model, self._forced = model, forced
+
+    def generate(self, *args: Any, **kwargs: Any) -> Any:
+        return self._model.generate(*args, logits_processor=LogitsProcessorList([self._forced]), **kwargs)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._model, name)
+
+
+def bandwidth(device: torch.device) -> float:
+    """Bytes per second of a device-to-device copy (read + write), best of a few."""
+    size = (1 << 30) if device.type == "cuda" else (1 << 27)
+    source = torch.empty(size, dtype=torch.uint8, device=device)
+    target = torch.empty_like(source)
+    best = float("inf")
+    for _ in range(3 if device.type == "cuda" else 2):
+        target.copy_(source)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        for _ in range(10):
+            target.copy_(source)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        best = min(best, (time.perf_counter() - start) / 10)
+    return 2 * size / best
+
+
+def _square_images(count: int, side: int) -> list:
+    """Random RGB images of ``side`` x ``side`` pixels (a multiple of 28: no resize anywhere)."""
+    from PIL import Image
+
+    rng = random.Random(SEED)
+    return [Image.frombytes("RGB", (side, side), rng.randbytes(side * side * 3)) for _ in range(count)]
+
+
+def markdown(results: dict[str, Any]) -> str:
+    """The results as markdown tables."""
+    settings = results["settings"]
+    lines = [
+        f"Device: **{settings['device']}**, torch {settings['torch']}, transformers {settings['transformers']}. "
+        f"{settings['model']}, {settings['parameters'] / 1e9:.2f} B parameters, {settings['dtype']}; scripted "
+        f"reasoning lengths {settings['lengths'][0]}-{settings['lengths'][1]} tokens (seeded); copy bandwidth "
+        f"{settings['copy_bandwidth_gbs']:.0f} GB/s; a decode step reads "
+        f"{settings['decode_weight_bytes'] / 1e9:.2f} GB of weights + "
+        f"{settings['kv_bytes_per_token'] / 1e3:.1f} KB of KV per live token; "
+        f"total {results.get('seconds', 0):.0f} s of a {settings['budget_s']:.0f} s budget.",
+        "",
+        "| contender | inputs | slots / batch | items | items/s | decode tok/s | peak GiB above weights "
+        "| decode steps | steps / (tokens / slots) |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for run in results["runs"]:
+        peak = "-" if run["peak_gib_above_weights"] is None else f"{run['peak_gib_above_weights']:.2f}"
+        note = f" ({run['note']})" if run.get("note") else ""
+        lines.append(
+            f"| {run['contender']}{note} | {run['inputs']} | {run['size']} | {run['items']} | {run['items_per_s']:.3f} "
+            f"| {run['decode_tokens_per_s']:.0f} | {peak} | {run['decode_steps']} | {run['steps_vs_ideal']:.2f} |"
+        )
+    lines += ["", "| decode step at batch 1 | ms | bytes read | % of copy bandwidth (roofline) |", "|---|---|---|---|"]
+    for row in results["roofline"]:
+        lines.append(
+            f"| {row['contender']} | {row['step_ms']:.2f} | {row['bytes_per_step'] / 1e9:.2f} GB "
+            f"| {row['percent_of_copy_bandwidth']:.0f}% |"
+        )
+    lines += ["", "| cosine, batched vs alone | inputs | batched slots | items | min |", "|---|---|---|---|---|"]
+    for row in results["cosine"]:
+        lines.append(
+            f"| {row['contender']} | {row['inputs']} | {row['batched_size']} | {row['items']} | {row['min']:.4f} |"
+        )
+    lines += ["", *_ratios(results)]
+    if results.get("mteb_origin"):
+        lines += ["", f"mteb contender: {results['mteb_origin']}."]
+    if results["skipped"]:
+        lines += ["", "| not run | inputs | size | why |", "|---|---|---|---|"]
+        for row in results["skipped"]:
+            lines.append(f"| {row['contender']} | {row['inputs']} | {row['size']} | {row['why']} |")
+    return "\n".join(lines) + "\n"
+
+
+def _ratios(results: dict[str, Any]) -> list[str]:
+    """Items/s of the slot engine over each other contender on the same inputs and size."""
+    runs = {(run["contender"], run["inputs"], run["size"]): run for run in results["runs"]}
+    lines = ["| ours (CUDA graphs, else eager) items/s over | inputs | size | ratio |", "|---|---|---|---|"]
+    for (contender, kind, size), run in runs.items():
+        ours = runs.get(("ours-graphs", kind, size)) or runs.get(("ours-eager", kind, size))
+        if ours is not None and not contender.startswith("ours"):
+            lines.append(f"| {contender} | {kind} | {size} | {ours['items_per_s'] / run['items_per_s']:.2f}x |")
+    return lines
+
+
+if __name__ == "__main__":
+    main()

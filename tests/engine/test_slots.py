@@ -1,0 +1,214 @@
+from __future__ import annotations
+
+import math
+from dataclasses import replace
+
+import pytest
+import torch
+from transformers import LogitsProcessor
+
+from tests.conftest import REASONING, ScriptedDecoding, gradient, solid
+from ume_plugins.engine import Engine
+from ume_plugins.engine.step import decode_step
+
+TEXT = "a red fox jumps over the fence"
+IMAGE = gradient((84, 56), seed=3)
+VIDEO = {"video": [solid((40 * i, 50, 60), (56, 56)) for i in range(4)]}
+PAIR = {"text": "compare", "image": [solid((200, 0, 0), (56, 56)), gradient((70, 70), seed=3)]}
+INPUTS = {"text": [TEXT], "image": [IMAGE], "video": [VIDEO], "mixed": [TEXT, IMAGE, PAIR, VIDEO, "a cat"]}
+# A huge repetition penalty makes every greedy step pick a token the rollout has not used yet.
+GREEDY = {"generation_kwargs": {"max_new_tokens": 10, "repetition_penalty": 1e6}}
+SAMPLED = {"generation_kwargs": {"max_new_tokens": 10, "temperature": 1.5}, "num_samples": 2, "seed": 7}
+
+
+def rollouts(module, inputs, decoder, *, spec=None, **kwargs):
+    features = module.preprocess(inputs, mode="generative")
+    engine = Engine(replace(module.engine().spec, **(spec or {})))
+    return engine.rollouts(module.model, features, decoder=decoder, **kwargs)
+
+
+def cosines(a, b):
+    return torch.nn.functional.cosine_similarity(a.float().flatten(0, -2), b.float().flatten(0, -2), dim=-1)
+
+
+def assert_same(expected, actual):
+    assert torch.equal(expected.generated_ids, actual.generated_ids)
+    assert torch.equal(expected.forced, actual.forced)
+    assert cosines(expected.states, actual.states).min() >= 0.9999
+
+
+@pytest.mark.parametrize("name", list(INPUTS))
+@pytest.mark.parametrize("kwargs", [GREEDY, SAMPLED], ids=["greedy", "sampled"])
+def test_the_slot_engine_matches_the_reference_loop(module, name, kwargs):
+    reference = rollouts(module, INPUTS[name], "reference", with_disc=True, **kwargs)
+    slots = rollouts(module, INPUTS[name], "slots", with_disc=True, **kwargs)
+    assert_same(reference, slots)
+    assert cosines(reference.disc_states, slots.disc_states).min() >= 0.9999
+
+
+def test_user_processors_see_each_rollout_as_its_own_row(module):
+    script = {"generation_kwargs": {"logits_processor": [ScriptedDecoding(module.tokenizer, REASONING)]}}
+    reference = rollouts(module, INPUTS["mixed"], "reference", **script)
+    slots = rollouts(module, INPUTS["mixed"], "slots", spec={"max_slots": 2}, **script)
+    assert_same(reference, slots)
+    assert slots.generated_ids[2, 0].tolist() == module.tokenizer(REASONING, add_special_tokens=False)["input_ids"]
+
+
+class RowScript(ScriptedDecoding):
+    per_row = True  # reads each row on its own: may run on the slot engine
+
+
+def test_a_per_row_processor_runs_on_the_slot_engine_through_encode(model, module):
+    calls = []
+    handle = module.model.model.language_model.register_forward_hook(lambda *args: calls.append(1))
+    try:
+        rows = model.encode(
+            ["a cat", "a dog"],
+            batch_size=2,
+            output_value=None,
+            generation_kwargs={"logits_processor": [RowScript(module.tokenizer, REASONING)]},
+        )
+    finally:
+        handle.remove()
+    assert calls == [1]  # the prefill only: the slot engine decodes without the decoder's forward
+    expected = module.tokenizer(REASONING, add_special_tokens=False)["input_ids"]
+    assert all(row["generated_ids"].tolist() == expected for row in rows)
+
+
+class GenEmbAfterPrompt(LogitsProcessor):
+    """Leaves the model free, but makes each row write ``<gen_emb>`` after a number of tokens set by its prompt."""
+
+    def __init__(self, tokenizer):
+        self.gen_emb = tokenizer.convert_tokens_to_ids("<gen_emb>")
+        self.im_start = tokenizer.convert_tokens_to_ids("<|im_start|>")
+        self.pad = tokenizer.pad_token_id
+        self.header = len(tokenizer("assistant\n", add_special_tokens=False)["input_ids"])
+
+    def length(self, ids: list[int], start: int) -> int:
+        return 2 + sum(token != self.pad for token in ids[:start]) % 9
+
+    def __call__(self, input_ids, scores):
+        out = scores.clone()
+        for row, ids in enumerate(input_ids.tolist()):
+            start = len(ids) - ids[::-1].index(self.im_start) + self.header
+            if len(ids) - start == self.length(ids, start) - 1:
+                out[row] = float("-inf")
+                out[row, self.gen_emb] = 0.0
+        return out
+
+
+MANY = [TEXT, IMAGE, "a cat", PAIR, "two dogs play in the snow", VIDEO, "x"]
+
+
+@pytest.fixture(scope="module")
+def one_at_a_time(module):
+    kwargs = {
+        "generation_kwargs": {"logits_processor": [GenEmbAfterPrompt(module.tokenizer)], "repetition_penalty": 1e6}
+    }
+    return kwargs, [rollouts(module, [item], "slots", **kwargs) for item in MANY]
+
+
+@pytest.mark.parametrize("slots", [1, 2, 3, 8])
+def test_continuous_batching_gives_each_input_what_it_gets_alone(module, one_at_a_time, slots):
+    kwargs, alone = one_at_a_time
+    batched = rollouts(module, MANY, "slots", spec={"max_slots": slots}, **kwargs)
+    lengths = []
+    for row, single in enumerate(alone):
+        written = single.generated_ids[0, 0]
+        assert torch.equal(batched.generated_ids[row, 0, : len(written)], written)
+        assert cosines(batched.states[row], single.states[0]).min() >= 0.9999
+        lengths.append(len(written))
+    assert len(set(lengths)) > 2  # rollouts of different lengths: slots were refilled at different steps
+    total = sum(lengths)
+    # One step per token; continuous batching keeps the slots busy until the last rollouts.
+    assert math.ceil(total / slots) <= batched.decode_steps <= math.ceil(total / slots) + max(lengths)
+    if slots == 1:
+        assert batched.decode_steps == total
+
+
+def filler_processor(token: int, after: tuple[int, ...] = (), then: int | None = None):
+    """Proposes ``token`` at every step; proposes ``then`` right after a row's ids end with ``after``."""
+
+    class Filler(LogitsProcessor):
+        def __call__(self, input_ids, scores):
+            out = torch.full_like(scores, float("-inf"))
+            for row, ids in enumerate(input_ids.tolist()):
+                ends = after and tuple(ids[-len(after) :]) == after
+                out[row, then if ends else token] = 0.0
+            return out
+
+    return Filler()
+
+
+def graceful(module, processor, max_new_tokens=40, thinking_budget=4):
+    spec = {"thinking_budget": thinking_budget, "answer_budget": 3}
+    kwargs = {"logits_processor": [processor], "max_new_tokens": max_new_tokens}
+    result = rollouts(module, ["a cat"], "slots", spec=spec, generation_kwargs=kwargs)
+    return result.generated_ids[0, 0].tolist(), bool(result.forced[0, 0]), bool(result.answer_forced[0, 0])
+
+
+def test_the_thinking_budget_closes_the_reasoning_then_the_answer_budget_forces_gen_emb(module):
+    spec = module.engine().spec
+    x = module.tokenizer.convert_tokens_to_ids("x")
+    written, forced, answer_forced = graceful(module, filler_processor(x))
+    assert written == [x] * 4 + list(spec.answer_open) + [x] * 3
+    assert forced and answer_forced
+
+
+def test_an_answer_that_writes_gen_emb_within_its_budget_is_not_forced(module):
+    spec = module.engine().spec
+    x = module.tokenizer.convert_tokens_to_ids("x")
+    written, forced, answer_forced = graceful(module, filler_processor(x, spec.answer_open, spec.gen_emb_id))
+    assert written == [x] * 4 + list(spec.answer_open) + [spec.gen_emb_id]
+    assert answer_forced and not forced
+
+
+def test_max_new_tokens_stays_the_hard_cap_under_the_thinking_budget(module):
+    spec = module.engine().spec
+    x = module.tokenizer.convert_tokens_to_ids("x")
+    written, forced, answer_forced = graceful(module, filler_processor(x), max_new_tokens=6)
+    assert written == [x] * 4 + list(spec.answer_open[:2])
+    assert forced and answer_forced
+
+
+def test_a_reasoning_closed_within_the_budget_is_left_alone(module):
+    script = "<think> a </think><answer> b </answer><gen_emb>"
+    ids = module.tokenizer(script, add_special_tokens=False)["input_ids"]
+    closed_at = ids.index(module.tokenizer.convert_tokens_to_ids("think")) + 1  # "... </" "think": closed
+    processor = ScriptedDecoding(module.tokenizer, script)
+    written, forced, answer_forced = graceful(module, processor, thinking_budget=closed_at)
+    assert written == ids and not forced and not answer_forced
+    written, _, answer_forced = graceful(module, processor, thinking_budget=closed_at - 1)
+    assert answer_forced and written[: closed_at - 1] == ids[: closed_at - 1]
+
+
+def test_the_thinking_budget_refuses_calls_only_the_reference_loop_can_run(module):
+    processor = ScriptedDecoding(module.tokenizer, REASONING)
+    with pytest.raises(ValueError, match="thinking_budget needs the slot engine"):
+        rollouts(
+            module, ["a cat"], "auto", spec={"thinking_budget": 4}, generation_kwargs={"logits_processor": [processor]}
+        )
+
+
+def test_a_compiled_step_equals_the_eager_step(module):
+    decoder = module.model.model.language_model
+    config = decoder.config
+    shape = (3, config.num_key_value_heads, 64, config.hidden_size // config.num_attention_heads)
+    generator = torch.Generator().manual_seed(0)
+    keys = [torch.randn(shape, generator=generator) for _ in decoder.layers]
+    values = [torch.randn(shape, generator=generator) for _ in decoder.layers]
+    step = {
+        "tokens": torch.tensor([5, 9, 11]),
+        "lengths": torch.tensor([10, 40, 3]),
+        "offsets": torch.tensor([0, 2, -1]),
+        "fed": torch.tensor([True, True, False]),
+    }
+    compiled = torch.compile(decode_step, backend="aot_eager", fullgraph=True)  # no graph break: capturable
+    with torch.inference_mode():
+        eager_cache = [tensor.clone() for tensor in keys + values]
+        compiled_cache = [tensor.clone() for tensor in keys + values]
+        half = len(keys)
+        expected = decode_step(decoder, **step, keys=eager_cache[:half], values=eager_cache[half:])
+        actual = compiled(decoder, **step, keys=compiled_cache[:half], values=compiled_cache[half:])
+    assert torch.allclose(expected, actual, atol=1e-6)
+    assert all(torch.equal(a, b) for a, b in zip(eager_cache, compiled_cache, strict=True))
