@@ -95,6 +95,10 @@ class EngineSpec:
                 self.thinking_budget is None or self.thinking_budget >= 1,
                 f"thinking_budget must be positive or None, got {self.thinking_budget}",
             ),
+            (
+                self.thinking_budget is None or self.backend == "hf",
+                "thinking_budget needs backend='hf' (vLLM cannot feed </think><answer> mid-rollout)",
+            ),
         ]
         for valid, message in checks:
             if not valid:
