@@ -389,10 +389,12 @@ class Bench:
         return int((result.generated_ids != self.tok.pad_token_id).sum())
 
     def scripted_lengths(self, items: list) -> list[int]:
+        """Each item's scripted reasoning length, read from its prompt as the processor reads it."""
+        features = self.features(items)
         lengths = []
-        for item in items:
-            ids = self.features([item])["input_ids"]
-            lengths.append(int(self.forced.lengths(ids, torch.tensor([ids.shape[1]], device=ids.device))[0]))
+        for ids, mask in zip(features["input_ids"], features["attention_mask"], strict=True):
+            prompt = ids[mask.bool()][None]
+            lengths.append(int(self.forced.lengths(prompt, torch.tensor([prompt.shape[1]], device=ids.device))[0]))
         return lengths
 
     @staticmethod

@@ -24,6 +24,7 @@ def test_engine_settings_reach_the_engine_and_survive_save_and_load(tmp_path, ti
         ({"thinking_budget": 0}, "thinking_budget must be positive or None"),
         ({"answer_budget": -1}, "answer_budget must be >= 0"),
         ({"decode_compile": "fast"}, "decode_compile must be one of"),
+        ({"thinking_budget": 8, "backend": "vllm"}, "thinking_budget needs backend='hf'"),
     ],
 )
 def test_bad_engine_settings_are_refused_by_name(tiny_path, setting, message):

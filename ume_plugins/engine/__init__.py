@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from ume_plugins.engine.base import GenEmbMissingError, OnMissing, Rollout, forced_warning
 from ume_plugins.engine.engine import BACKENDS, Backend, Engine, EngineSpec
-from ume_plugins.engine.slots import COMPILE_MODES
+from ume_plugins.engine.slot_state import COMPILE_MODES
 
 __all__ = [
     "BACKENDS",

@@ -29,7 +29,8 @@ from ume_plugins.engine.discriminative import disc_states
 from ume_plugins.engine.generation_config import build_generation_config, order_fields
 from ume_plugins.engine.hf_model import full_attention_only
 from ume_plugins.engine.processors import ScoreProcessors
-from ume_plugins.engine.slots import COMPILE_MODES, SlotOptions, SlotRun
+from ume_plugins.engine.slot_state import COMPILE_MODES, SlotOptions
+from ume_plugins.engine.slots import SlotRun
 from ume_plugins.engine.stages import Budget, closer_ids
 from ume_plugins.engine.vllm import VllmBackend
 
@@ -93,6 +94,10 @@ class EngineSpec:
             (
                 self.thinking_budget is None or self.thinking_budget >= 1,
                 f"thinking_budget must be positive or None, got {self.thinking_budget}",
+            ),
+            (
+                self.thinking_budget is None or self.backend == "hf",
+                "thinking_budget needs backend='hf' (vLLM cannot feed </think><answer> mid-rollout)",
             ),
         ]
         for valid, message in checks:

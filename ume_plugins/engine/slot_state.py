@@ -1,5 +1,7 @@
 """The slot engine's device state for one shape (slots x capacity), and how a step is run on it.
 
+A step runs eagerly, is replayed from a CUDA graph, or is compiled with ``torch.compile``.
+
 Capacity is bucketed: the KV buffers hold ``capacity`` positions per slot and every step reads all
 of them, so the buffers follow the longest live rollout (grown and shrunk a bucket at a time),
 and finished slots are compacted away once no input waits. A step's cost thus tracks
@@ -14,13 +16,43 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
 
 import torch
 
+from ume_plugins.engine.hf_model import decoder_shape
 from ume_plugins.engine.sampling import UniformStreams
 from ume_plugins.engine.stages import Budget, Stages
+from ume_plugins.engine.step import decode_step
 
 logger = logging.getLogger(__name__)
+
+COMPILE_MODES: tuple[str, ...] = ("auto", "eager", "cuda_graphs", "torch_compile")
+
+
+@dataclass(frozen=True)
+class SlotOptions:
+    """How the slot engine runs.
+
+    Attributes:
+        max_slots: Most rollouts decoded at once.
+        compile: ``"eager"``, ``"cuda_graphs"`` (capture each step shape and replay it),
+            ``"torch_compile"`` (``torch.compile`` the step, ``mode="reduce-overhead"`` on CUDA), or
+            ``"auto"`` (CUDA graphs on CUDA, else eager).
+        compile_backend: ``torch.compile`` backend for ``"torch_compile"`` (None: inductor).
+    """
+
+    max_slots: int = 32
+    compile: str = "auto"
+    compile_backend: str | None = None
+
+    def mode(self, device: torch.device) -> str:
+        """The compile mode on ``device`` (``"auto"`` resolved; graphs need CUDA)."""
+        if self.compile == "auto" or (self.compile == "cuda_graphs" and device.type != "cuda"):
+            return "cuda_graphs" if device.type == "cuda" else "eager"
+        return self.compile
+
 
 EAGER_GRANULE = 64
 _GRAPH_MIN = 128
@@ -51,6 +83,8 @@ class SlotTensors:
         slots: Number of slots.
         capacity: KV positions per slot.
         sampling: Whether rollouts sample (per-slot random streams are kept).
+        static_addresses: Mark the KV buffers for ``torch.compile``'s CUDA graphs.
+        source: An instance and the indices of its slots to carry over, in order (see :meth:`resized`).
     """
 
     def __init__(
@@ -61,19 +95,12 @@ class SlotTensors:
         capacity: int,
         sampling: bool,
         static_addresses: bool = False,
+        source: tuple[SlotTensors, torch.Tensor] | None = None,
     ) -> None:
+        layers, _, kv_heads, head_dim = decoder_shape(model)
         config = model.config.text_config
-        layers, kv_heads = config.num_hidden_layers, config.num_key_value_heads
-        head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
-        device, dtype = model.device, model.dtype
-        self.slots, self.capacity = slots, capacity
-        shape = (slots, kv_heads, capacity, head_dim)
-        self.keys = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(layers)]
-        self.values = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(layers)]
-        self.static_addresses = static_addresses
-        if static_addresses:  # torch.compile's CUDA graphs then accept the step writing into them
-            for buffer in self.keys + self.values:
-                torch._dynamo.mark_static_address(buffer)
+        device = model.device
+        self.slots, self.capacity, self.static_addresses = slots, capacity, static_addresses
         self.ids = torch.zeros(slots, capacity, dtype=torch.long, device=device)
         self.lengths = torch.zeros(slots, dtype=torch.long, device=device)
         self.offsets = torch.zeros(slots, dtype=torch.long, device=device)
@@ -81,27 +108,59 @@ class SlotTensors:
         self.tokens = torch.zeros(slots, dtype=torch.long, device=device)
         self.logits = torch.zeros(slots, config.vocab_size, dtype=torch.float32, device=device)
         self.states = torch.zeros(slots, config.hidden_size, dtype=torch.float32, device=device)
-        self.stages = Stages(budget, slots, device)
-        self.uniforms = UniformStreams(slots, device) if sampling else None
         self.runners: dict[str, Callable[[], None]] = {}
+        old, index = source if source is not None else (None, None)
+        if old is None:
+            self.stages = Stages(budget, slots, device)
+            self.uniforms = UniformStreams(slots, device) if sampling else None
+        else:
+            self.stages, self.uniforms = old.stages, old.uniforms
+            self.ids[: len(index), : min(capacity, old.capacity)] = old.ids[index, : min(capacity, old.capacity)]
+            for name in ("lengths", "offsets", "prompt_lengths", "tokens", "logits", "states"):
+                getattr(self, name)[: len(index)] = getattr(old, name)[index]
+        shape = (slots, kv_heads, capacity, head_dim)
+        self.keys = [self._buffer(shape, model, old and old.keys, index, layer) for layer in range(layers)]
+        self.values = [self._buffer(shape, model, old and old.values, index, layer) for layer in range(layers)]
+
+    def _buffer(
+        self,
+        shape: tuple[int, ...],
+        model: torch.nn.Module,
+        old: list[torch.Tensor] | None,
+        index: torch.Tensor | None,
+        layer: int,
+    ) -> torch.Tensor:
+        """A KV buffer holding the old buffer's slots ``index``.
+
+        The old buffer is freed right away, so a resize never holds two whole caches at once.
+        """
+        buffer = torch.zeros(shape, dtype=model.dtype, device=model.device)
+        if old is not None:
+            width = min(shape[2], old[layer].shape[2])
+            buffer[: len(index), :, :width] = old[layer][index, :, :width]
+            old[layer] = torch.empty(0)
+        if self.static_addresses:  # torch.compile's CUDA graphs then accept the step writing into it
+            torch._dynamo.mark_static_address(buffer)
+        return buffer
 
     def resized(self, model: torch.nn.Module, rows: list[int], slots: int, capacity: int) -> SlotTensors:
-        """A new instance of shape ``slots x capacity`` holding old slots ``rows`` as its first slots."""
-        new = SlotTensors(model, self.stages.budget, slots, capacity, self.uniforms is not None, self.static_addresses)
+        """A new instance of shape ``slots x capacity`` holding old slots ``rows`` as its first slots.
+
+        This instance is spent afterwards (its KV buffers are handed over layer by layer).
+        """
         index = torch.tensor(rows, dtype=torch.long, device=self.ids.device)
-        width = min(capacity, self.capacity)
-        count = len(rows)
-        for old, fresh in zip(self.keys + self.values, new.keys + new.values, strict=True):
-            fresh[:count, :, :width] = old[index, :, :width]
-        new.ids[:count, :width] = self.ids[index, :width]
-        for name in ("lengths", "offsets", "prompt_lengths", "tokens", "logits", "states"):
-            getattr(new, name)[:count] = getattr(self, name)[index]
         self.stages.keep(index, slots)
-        new.stages = self.stages
         if self.uniforms is not None:
             self.uniforms.keep(index, slots)
-            new.uniforms = self.uniforms
-        return new
+        return SlotTensors(
+            model,
+            self.stages.budget,
+            slots,
+            capacity,
+            self.uniforms is not None,
+            self.static_addresses,
+            source=(self, index),
+        )
 
 
 class StepRunner:
@@ -137,3 +196,24 @@ class StepRunner:
             return
         self.graph = graph
         graph.replay()
+
+
+def right_aligned(ids: torch.Tensor, lengths: torch.Tensor, pad_id: int) -> torch.Tensor:
+    """Each slot's tokens as ``generate`` lays a batch out: left-padded, the latest token last."""
+    width = ids.shape[1]
+    index = torch.arange(width, device=ids.device)[None] - (width - lengths[:, None])
+    aligned = ids.gather(1, index.clamp(min=0))
+    return aligned.masked_fill(index < 0, pad_id)
+
+
+_COMPILED: dict[tuple[str | None, str], Any] = {}
+
+
+def compiled_step(backend: str | None, device: torch.device) -> Any:
+    """:func:`decode_step` under ``torch.compile`` (one per backend and device type, reused across calls)."""
+    key = (backend, device.type)
+    if key not in _COMPILED:
+        mode = "reduce-overhead" if device.type == "cuda" and backend in (None, "inductor") else None
+        # Dynamic shapes: slot counts and capacities change during a call; one compilation serves them all.
+        _COMPILED[key] = torch.compile(decode_step, backend=backend or "inductor", mode=mode, dynamic=True)
+    return _COMPILED[key]

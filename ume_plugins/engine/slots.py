@@ -32,34 +32,17 @@ from ume_plugins.engine.batching import last_position, length_groups, model_inpu
 from ume_plugins.engine.hf_model import layer_kv, prefill
 from ume_plugins.engine.processors import ScoreProcessors
 from ume_plugins.engine.sampling import CHUNK, call_seed, draw, rollout_seed
-from ume_plugins.engine.slot_state import SlotTensors, StepRunner, capacity_bucket, slot_bucket
+from ume_plugins.engine.slot_state import (
+    SlotOptions,
+    SlotTensors,
+    StepRunner,
+    capacity_bucket,
+    compiled_step,
+    right_aligned,
+    slot_bucket,
+)
 from ume_plugins.engine.stages import Budget
 from ume_plugins.engine.step import decode_step
-
-COMPILE_MODES: tuple[str, ...] = ("auto", "eager", "cuda_graphs", "torch_compile")
-
-
-@dataclass(frozen=True)
-class SlotOptions:
-    """How the slot engine runs.
-
-    Attributes:
-        max_slots: Most rollouts decoded at once.
-        compile: ``"eager"``, ``"cuda_graphs"`` (capture each step shape and replay it),
-            ``"torch_compile"`` (``torch.compile`` the step, ``mode="reduce-overhead"`` on CUDA), or
-            ``"auto"`` (CUDA graphs on CUDA, else eager).
-        compile_backend: ``torch.compile`` backend for ``"torch_compile"`` (None: inductor).
-    """
-
-    max_slots: int = 32
-    compile: str = "auto"
-    compile_backend: str | None = None
-
-    def mode(self, device: torch.device) -> str:
-        """The compile mode on ``device`` (``"auto"`` resolved; graphs need CUDA)."""
-        if self.compile == "auto" or (self.compile == "cuda_graphs" and device.type != "cuda"):
-            return "cuda_graphs" if device.type == "cuda" else "eager"
-        return self.compile
 
 
 @dataclass
@@ -114,7 +97,7 @@ class SlotRun:
         mode = options.mode(model.device)
         self.graphs = mode == "cuda_graphs"
         self.pool = torch.cuda.graph_pool_handle() if self.graphs else None
-        self.compiled = _compiled_step(options.compile_backend, model.device) if mode == "torch_compile" else None
+        self.compiled = compiled_step(options.compile_backend, model.device) if mode == "torch_compile" else None
         self.queue = deque(range(count))  # rollout r is sample r % k of input r // k
         self.prompts: dict[int, _Prompt] = {}
         slots = min(options.max_slots, count)
@@ -203,9 +186,7 @@ class SlotRun:
         t = self.t
         scores = t.logits
         if self.processors:
-            ordered = (
-                _right_aligned(t.ids, t.lengths, self.config.pad_token_id) if self.processors.reads_order else None
-            )
+            ordered = right_aligned(t.ids, t.lengths, self.config.pad_token_id) if self.processors.reads_order else None
             scores = self.processors(
                 t.logits,
                 own_ids=t.ids,
@@ -345,24 +326,3 @@ class SlotRun:
         self.t = self.t.resized(self.model, rows, slots, capacity)
         self.rollout_of = [self.rollout_of[row] for row in rows] + [-1] * (slots - len(rows))
         self.start = [self.start[row] for row in rows] + [0] * (slots - len(rows))
-
-
-def _right_aligned(ids: torch.Tensor, lengths: torch.Tensor, pad_id: int) -> torch.Tensor:
-    """Each slot's tokens as ``generate`` lays a batch out: left-padded, the latest token last."""
-    width = ids.shape[1]
-    index = torch.arange(width, device=ids.device)[None] - (width - lengths[:, None])
-    aligned = ids.gather(1, index.clamp(min=0))
-    return aligned.masked_fill(index < 0, pad_id)
-
-
-_COMPILED: dict[tuple[str | None, str], Any] = {}
-
-
-def _compiled_step(backend: str | None, device: torch.device) -> Any:
-    """:func:`decode_step` under ``torch.compile`` (one per backend and device type, reused across calls)."""
-    key = (backend, device.type)
-    if key not in _COMPILED:
-        mode = "reduce-overhead" if device.type == "cuda" and backend in (None, "inductor") else None
-        # Dynamic shapes: slot counts and capacities change during a call; one compilation serves them all.
-        _COMPILED[key] = torch.compile(decode_step, backend=backend or "inductor", mode=mode, dynamic=True)
-    return _COMPILED[key]
