@@ -97,7 +97,7 @@ def build_model(tok: Any, device: torch.device, dtype: torch.dtype, quick: bool)
     previous = torch.get_default_dtype()
     torch.set_default_dtype(dtype)
     try:
-        with torch.device(device), torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        with torch.device(device), torch.random.fork_rng(devices=[0] if device.type == "cuda" else []):
             torch.manual_seed(0)
             model = Qwen2VLForConditionalGeneration(config).eval()
     finally:

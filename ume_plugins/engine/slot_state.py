@@ -171,8 +171,10 @@ class StepRunner:
     step runs eagerly from then on.
     """
 
-    def __init__(self, step: Callable[[], None], graphs: bool, pool: object | None) -> None:
-        self.step, self.graphs, self.pool = step, graphs, pool
+    def __init__(
+        self, step: Callable[[], None], graphs: bool, pool: object | None = None, stream: object | None = None
+    ) -> None:
+        self.step, self.graphs, self.pool, self.stream = step, graphs, pool, stream
         self.graph: torch.cuda.CUDAGraph | None = None
         self.calls = 0
 
@@ -187,7 +189,8 @@ class StepRunner:
             return
         graph = torch.cuda.CUDAGraph()
         try:
-            with torch.cuda.graph(graph, pool=self.pool):
+            # One pool and one capture stream for all of a call's graphs: they share their memory.
+            with torch.cuda.graph(graph, pool=self.pool, stream=self.stream):
                 self.step()
         except RuntimeError as error:
             logger.warning("CUDA graph capture failed (%s); decoding eagerly", error)

@@ -97,6 +97,7 @@ class SlotRun:
         mode = options.mode(model.device)
         self.graphs = mode == "cuda_graphs"
         self.pool = torch.cuda.graph_pool_handle() if self.graphs else None
+        self.stream = torch.cuda.Stream() if self.graphs else None
         self.compiled = compiled_step(options.compile_backend, model.device) if mode == "torch_compile" else None
         self.queue = deque(range(count))  # rollout r is sample r % k of input r // k
         self.prompts: dict[int, _Prompt] = {}
@@ -163,7 +164,7 @@ class SlotRun:
         kind = "decode" if eager_choice else "full"
         if kind not in t.runners:
             step = self._decode if eager_choice else self._full_step
-            t.runners[kind] = StepRunner(step, self.graphs, self.pool)
+            t.runners[kind] = StepRunner(step, self.graphs, self.pool, self.stream)
         t.runners[kind]()
         flags = t.stages.flags()
         if flags.device.type == "cuda":
