@@ -58,8 +58,8 @@ def load(
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
     model = UMESentenceTransformer(name_or_path, device=device, **kwargs)
     module = model[0]
-    module.settings = module.settings.replace(**settings)
     module.policy, module.backend, module.vllm_kwargs = policy, backend, vllm_kwargs
+    module.settings = module.settings.replace(**settings)  # rebuilds the engine: settings and backend checked together
     if adapter is not None:
         # The hub options, but not the revision: that one is the model's.
         hub = {key: kwargs[key] for key in ("token", "cache_folder", "local_files_only") if key in kwargs}

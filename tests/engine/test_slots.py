@@ -241,7 +241,7 @@ def test_idle_slots_keep_no_length_when_graph_buckets_shrink_the_cache(module, m
         self.graphs, self.pool = True, None
 
     monkeypatch.setattr(slot_engine.SlotRun, "__init__", graph_buckets)
-    monkeypatch.setattr(slot_engine, "StepRunner", lambda step, graphs, pool: step)
+    monkeypatch.setattr(slot_engine, "StepRunner", lambda step, *graph_args: step)
     inputs = [{"text": "word " * 300}, "a cat", "a dog", "two birds", "a fish", "a horse"]  # 8 slots, 5 live
     kwargs = {"generation_kwargs": {"logits_processor": [GenEmbByPromptLength(module.tokenizer)], "max_new_tokens": 60}}
     batched = rollouts(module, inputs, "slots", spec={"max_slots": 8}, **kwargs)
