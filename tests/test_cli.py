@@ -153,7 +153,8 @@ def test_no_network_skips_url_inputs(tmp_path, http_server):
     (error,) = map(json.loads, (tmp_path / "out" / "errors.jsonl").open())
     assert error["id"] == "remote" and "network access is disabled" in error["error"]
     job = json.loads((tmp_path / "out" / "manifest.json").read_text())["job"]
-    assert job["settings"]["allow_network"] is False and job["allow_network"] is False
+    # The input policy is the job's (the caller's), never a model setting.
+    assert job["allow_network"] is False and "allow_network" not in job.get("settings", {})
 
 
 def test_mode_both_writes_the_discriminative_vectors_too(tmp_path, model, capsys):

@@ -79,6 +79,7 @@ def test_output_value_gives_the_modes_outputs(model):
         "sample_embeddings",
         "generated_ids",
         "gen_emb_forced",
+        "answer_forced",
         "disc_embedding",
     }
     disc = model.encode(INPUTS[:2], output_value="disc_embedding", mode="both", generation_kwargs={"max_new_tokens": 2})
