@@ -198,7 +198,8 @@ class UMER1Embedder(AdapterMixin, InputModule):
         self.model.eval()
         self.processor = AutoProcessor.from_pretrained(model_name_or_path, **hub_kwargs, **(processor_kwargs or {}))
         self.processor.tokenizer.padding_side = "left"
-        self._engine = Engine(EngineSpec.from_tokenizer(self.tokenizer, model_name_or_path, revision=revision))
+        spec = EngineSpec.from_tokenizer(self.tokenizer, model_name_or_path, revision=revision)
+        self._engine = Engine(spec, self.tokenizer)
         spec = self.engine().spec
         self.gen_emb_id, self.disc_emb_id = spec.gen_emb_id, spec.disc_emb_id
 
