@@ -1,11 +1,12 @@
 """Multimodal retrieval with LangChain and UME-R1: text, image and fused documents; text and image queries.
 
 Runs offline on the tiny random checkpoint by default (its rankings are meaningless; it shows the
-pipeline runs). Needs ``pip install -e integrations/langchain``.
+pipeline runs). Set up once with ``bash .ci/setup`` (installs ume-plugins and its integrations into
+``.venv``), then from the repository root:
 
-    python examples/langchain_retrieval.py
-    python examples/langchain_retrieval.py --model ume-r1                     # real UME-R1-2B
-    python examples/langchain_retrieval.py --model ume-r1 --mode generative   # UME-R1's reported mode (slow)
+    .venv/bin/python examples/langchain_retrieval.py
+    .venv/bin/python examples/langchain_retrieval.py --model ume-r1                     # real UME-R1-2B
+    .venv/bin/python examples/langchain_retrieval.py --model ume-r1 --mode generative   # UME-R1's reported mode (slow)
 """
 
 from __future__ import annotations

@@ -1,11 +1,12 @@
 """Multimodal retrieval with LlamaIndex and UME-R1: a MultiModalVectorStoreIndex over texts and images.
 
 Runs offline on the tiny random checkpoint by default (its rankings are meaningless; it shows the
-pipeline runs). Needs ``pip install -e integrations/llama-index``.
+pipeline runs). Set up once with ``bash .ci/setup`` (installs ume-plugins and its integrations into
+``.venv``), then from the repository root:
 
-    python examples/llama_index_retrieval.py
-    python examples/llama_index_retrieval.py --model ume-r1                     # real UME-R1-2B
-    python examples/llama_index_retrieval.py --model ume-r1 --mode generative   # UME-R1's reported mode (slow)
+    .venv/bin/python examples/llama_index_retrieval.py
+    .venv/bin/python examples/llama_index_retrieval.py --model ume-r1                    # real UME-R1-2B
+    .venv/bin/python examples/llama_index_retrieval.py --model ume-r1 --mode generative  # the reported mode (slow)
 """
 
 from __future__ import annotations

@@ -1,19 +1,20 @@
 """Evaluate UME-R1 on a small local Any2Any retrieval task with mteb, and read the results back.
 
 Runs offline on the tiny RANDOM checkpoint by default (its scores only show the pipeline works:
-each query here has an identical twin in the corpus, so even random weights find it):
+each query here has an identical twin in the corpus, so even random weights find it). Set up once
+with ``bash .ci/setup`` (installs ume-plugins and its integrations into ``.venv``), then from the
+repository root:
 
-    python examples/mteb_local_retrieval.py
-    python examples/mteb_local_retrieval.py --model ume-r1 --mode generative   # real weights (GPU advised)
+    .venv/bin/python examples/mteb_local_retrieval.py
+    .venv/bin/python examples/mteb_local_retrieval.py --model ume-r1 --mode generative   # real weights (GPU advised)
 
-Needs ``pip install -e "integrations/mteb"``.
+The task and its results stay in ``runs/mteb-example/`` (``--output`` to choose another folder).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import tempfile
 from pathlib import Path
 
 import mteb
@@ -56,23 +57,18 @@ def main() -> None:
     parser.add_argument("--model", default="ume-r1-tiny", help="ume-r1-tiny (offline, random), ume-r1, ume-r1-7b, ...")
     parser.add_argument("--mode", choices=["generative", "discriminative"], default="discriminative")
     parser.add_argument("--max-new-tokens", type=int, help="generative reasoning budget")
-    parser.add_argument("--output", type=Path, help="results cache folder (default: a temporary one)")
+    parser.add_argument("--output", type=Path, default=Path("runs/mteb-example"), help="task and results folder")
     args = parser.parse_args()
 
     generation_kwargs = {"max_new_tokens": args.max_new_tokens} if args.max_new_tokens else None
     model = ume_mteb.load_model(args.model, mode=args.mode, generation_kwargs=generation_kwargs)
-    with tempfile.TemporaryDirectory() as scratch:
-        output = args.output or Path(scratch) / "mteb-cache"
-        cache = mteb.ResultCache(output)
-        result = evaluate_local(model, write_task(Path(scratch) / "task"), cache=cache)
-        path = cache.get_task_result_path(result.task_name, model.mteb_model_meta)
-        loaded = mteb.TaskResult.from_disk(path)
-        scores = loaded.scores["test"][0]
-        print(f"model: {model.mteb_model_meta.model_name_with_experiment}")
-        print(f"hit@1 {scores['hit_rate_at_1']:.3f}  nDCG@10 {scores['ndcg_at_10']:.3f}")
-        print(f"written in mteb's layout: {path}")
-    if args.model == "ume-r1-tiny":
-        print("NOTE: ume-r1-tiny has RANDOM weights; use --model ume-r1 for real scores.")
+    cache = mteb.ResultCache(args.output / "mteb-cache")
+    result = evaluate_local(model, write_task(args.output / "task"), cache=cache)
+    path = cache.get_task_result_path(result.task_name, model.mteb_model_meta)
+    scores = mteb.TaskResult.from_disk(path).scores["test"][0]
+    print(f"model: {model.mteb_model_meta.model_name_with_experiment}")
+    print(f"hit@1 {scores['hit_rate_at_1']:.3f}  nDCG@10 {scores['ndcg_at_10']:.3f}")
+    print(f"results, in mteb's layout: {path}")
 
 
 if __name__ == "__main__":

@@ -253,7 +253,15 @@ CASES: tuple[Case, ...] = (
     ),
     Case("structure", "empty dict", lambda env: {}, "dict has no content"),
     Case("structure", "dict of Nones", lambda env: {"text": None, "image": None, "video": None}, "dict has no content"),
-    Case("structure", "chat message dict", lambda env: {"role": "user", "content": "hi"}, "chat messages"),
+    Case(
+        "structure",
+        "conversation of one user message",
+        lambda env: [{"role": "user", "content": "hi"}],
+        VECTOR,
+        same_as=lambda env: "hi",
+        note="= 'hi'",
+    ),
+    Case("structure", "chat message of the system", lambda env: {"role": "system", "content": "hi"}, "'user' message"),
     Case("structure", "dict with non-string text", lambda env: {"text": 5}, "'text' must be a string"),
     Case("structure", "dict with an empty image list", lambda env: {"image": []}, "'image' is an empty list"),
     Case(

@@ -6,6 +6,7 @@ import json
 import shutil
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -121,17 +122,17 @@ def both(folders):
 
 def test_adapters_give_their_own_vectors_and_disabling_gives_the_base(both, base_vectors, expected):
     assert both[0].adapter_names == ["retrieval", "classify"]
-    assert both.active_adapters() == ["retrieval"]
+    assert both[0].active_adapters() == ["retrieval"]
     vectors = both.encode(INPUTS)
     assert cosines(vectors, base_vectors).max() < 0.99
     assert cosines(vectors, expected["retrieval"]).min() >= 0.9999
     np.testing.assert_array_equal(both.encode(INPUTS), vectors)  # dropout stays off
 
-    both.disable_adapters()
+    both[0].disable_adapters()
     try:
         np.testing.assert_allclose(both.encode(INPUTS), base_vectors, atol=1e-6)
     finally:
-        both.enable_adapters()
+        both[0].enable_adapters()
     np.testing.assert_array_equal(both.encode(INPUTS), vectors)
 
 
@@ -139,25 +140,25 @@ def test_adapter_per_call_runs_that_adapter_and_restores_the_active_one(both, ba
     classify = both.encode(INPUTS, adapter="classify")  # DoRA: magnitudes must load too
     assert cosines(classify, expected["classify"]).min() >= 0.9999
     assert cosines(classify, base_vectors).max() < 0.99
-    assert both.active_adapters() == ["retrieval"]
+    assert both[0].active_adapters() == ["retrieval"]
     assert cosines(both.encode(INPUTS), expected["retrieval"]).min() >= 0.9999
 
-    both.set_adapter("classify")
+    both[0].set_adapter("classify")
     try:
         np.testing.assert_array_equal(both.encode(INPUTS), classify)
     finally:
-        both.set_adapter("retrieval")
+        both[0].set_adapter("retrieval")
 
-    both.disable_adapters()
+    both[0].disable_adapters()
     try:
         np.testing.assert_array_equal(both.encode(INPUTS, adapter="classify"), classify)
         np.testing.assert_allclose(both.encode(INPUTS), base_vectors, atol=1e-6)  # still disabled
     finally:
-        both.enable_adapters()
+        both[0].enable_adapters()
 
     with pytest.raises(ValueError, match=r"unknown adapter\(s\) \['nope'\]"):
         both.encode(INPUTS, adapter="nope")
-    assert both.active_adapters() == ["retrieval"]
+    assert both[0].active_adapters() == ["retrieval"]
 
 
 def test_adapter_per_call_in_generative_mode(model, both):
@@ -169,11 +170,11 @@ def test_adapter_per_call_in_generative_mode(model, both):
     classify = both.encode(inputs, generation_kwargs=hooks, adapter="classify", **scripted)
     assert cosines(retrieval, base).max() < 0.99
     assert cosines(classify, retrieval).max() < 0.99
-    both.set_adapter("classify")
+    both[0].set_adapter("classify")
     try:
         np.testing.assert_allclose(both.encode(inputs, generation_kwargs=hooks, **scripted), classify, atol=1e-6)
     finally:
-        both.set_adapter("retrieval")
+        both[0].set_adapter("retrieval")
 
 
 def test_legacy_keys_load_like_their_modern_twin(folders, expected):
@@ -189,7 +190,7 @@ def test_legacy_keys_load_like_their_modern_twin(folders, expected):
 def test_mismatched_adapter_raises_listing_keys_and_leaves_the_model_untouched(folders, base_vectors):
     fresh = load()
     with pytest.raises(AdapterMismatchError, match=r"layers\.7\.self_attn\.q_proj\.lora_A") as error:
-        fresh.load_adapter(str(folders["mismatched"]), adapter_name="bad")  # sentence-transformers' entry point
+        fresh[0].load_adapter(str(folders["mismatched"]), adapter_name="bad")
     assert any(".layers.1." in key for key in error.value.not_in_file)
     assert fresh[0].adapter_names == []
     assert not any("lora" in name for name, _ in fresh.named_parameters())
@@ -198,7 +199,7 @@ def test_mismatched_adapter_raises_listing_keys_and_leaves_the_model_untouched(f
     adapted = load(folders["retrieval"])
     before = adapted.encode(INPUTS)
     with pytest.raises(AdapterMismatchError):
-        adapted.load_adapter(str(folders["mismatched"]), adapter_name="bad")
+        adapted[0].load_adapter(str(folders["mismatched"]), adapter_name="bad")
     assert adapted[0].adapter_names == ["default"]
     np.testing.assert_array_equal(adapted.encode(INPUTS), before)
 
@@ -213,13 +214,13 @@ def test_pickled_adapter_is_refused(folders, tmp_path):
 
 
 def test_save_records_adapters_and_reloads_identical_vectors(both, folders, tmp_path):
-    both.set_adapter("classify")
+    both[0].set_adapter("classify")
     try:
         vectors = both.encode(INPUTS)
         retrieval = both.encode(INPUTS, adapter="retrieval")
         both.save(str(tmp_path))
     finally:
-        both.set_adapter("retrieval")
+        both[0].set_adapter("retrieval")
 
     for name in ("retrieval", "classify"):
         assert sorted(p.name for p in (tmp_path / "adapters" / name).iterdir()) == [
@@ -235,7 +236,7 @@ def test_save_records_adapters_and_reloads_identical_vectors(both, folders, tmp_
     from sentence_transformers import SentenceTransformer
 
     reloaded = SentenceTransformer(str(tmp_path), device="cpu")
-    assert reloaded.active_adapters() == ["classify"]
+    assert reloaded[0].active_adapters() == ["classify"]
     np.testing.assert_allclose(reloaded.encode(INPUTS, **DISC), vectors, atol=1e-6)
     np.testing.assert_allclose(reloaded.encode(INPUTS, adapter="retrieval", **DISC), retrieval, atol=1e-6)
     np.testing.assert_allclose(ume_plugins.load(str(tmp_path), device="cpu").encode(INPUTS, **DISC), vectors, atol=1e-6)
@@ -260,7 +261,7 @@ def test_merge_and_unload_matches_and_saves_a_plain_checkpoint(folders, tmp_path
 
 def test_deleting_every_adapter_gives_back_the_base_and_saves_it_plain(folders, base_vectors, tmp_path):
     adapted = load(folders["retrieval"])
-    adapted.delete_adapter("default")
+    adapted[0].delete_adapter("default")
     assert adapted[0].adapter_names == []
     np.testing.assert_allclose(adapted.encode(INPUTS), base_vectors, atol=1e-6)
     adapted.save(str(tmp_path))
@@ -270,7 +271,7 @@ def test_deleting_every_adapter_gives_back_the_base_and_saves_it_plain(folders, 
 
 
 def test_missing_peft_fails_with_the_install_line(monkeypatch, folders):
-    monkeypatch.setattr(adapters, "is_peft_available", lambda: False)
+    monkeypatch.setattr(adapters.source, "is_peft_available", lambda: False)
     with pytest.raises(ImportError, match=r"pip install 'ume-plugins\[peft\]'"):
         load(str(folders["retrieval"]))
 
@@ -288,3 +289,86 @@ def test_core_imports_and_encodes_without_peft():
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
     assert "pip install 'ume-plugins[peft]'" in result.stdout
+
+
+def test_module_adapter_methods_refuse_clearly_without_adapters(module):
+    for call in (
+        lambda: module.set_adapter("retrieval"),
+        module.disable_adapters,
+        module.enable_adapters,
+        lambda: module.delete_adapter("retrieval"),
+        module.merge_and_unload,
+    ):
+        with pytest.raises(ValueError, match="the model has no adapter; load one with load_adapter first"):
+            call()
+    assert module.active_adapters() == []
+
+
+def test_deleting_one_adapter_keeps_the_other_active(folders, expected):
+    adapted = load({"retrieval": folders["retrieval"], "classify": folders["classify"]})
+    with pytest.raises(ValueError, match=r"unknown adapter\(s\) \['nope'\]"):
+        adapted[0].set_adapter("nope")
+    adapted[0].delete_adapter("retrieval")
+    assert adapted[0].adapter_names == ["classify"]
+    assert adapted[0].active_adapters() == ["classify"]
+    assert cosines(adapted.encode(INPUTS), expected["classify"]).min() >= 0.9999
+    assert not any(".retrieval." in name for name, _ in adapted.named_parameters())
+
+
+def test_adapter_life_cycle_needs_neither_transformers_peft_integration_nor_deprecated_calls(
+    folders, expected, monkeypatch, tmp_path
+):
+    """transformers 5.24 refuses peft < 0.22 in its own integration; ours must not route through it."""
+    import transformers.integrations.peft as transformers_peft
+
+    def refuse(min_version: str) -> None:
+        raise AssertionError(f"went through transformers' peft integration (needs peft >= {min_version})")
+
+    monkeypatch.setattr(transformers_peft, "check_peft_version", refuse)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        adapted = load({"retrieval": folders["retrieval"], "classify": folders["classify"]})
+        classify = adapted.encode(INPUTS, adapter="classify")
+        adapted[0].set_adapter("classify")
+        adapted[0].disable_adapters()
+        adapted[0].enable_adapters()
+        np.testing.assert_array_equal(adapted.encode(INPUTS), classify)
+        adapted.save(str(tmp_path / "saved"))
+        reloaded = ume_plugins.load(str(tmp_path / "saved"), device="cpu")
+        assert reloaded[0].active_adapters() == ["classify"]
+        np.testing.assert_allclose(reloaded.encode(INPUTS, **DISC), classify, atol=1e-6)
+        assert adapted[0].merge_and_unload() == ["classify"]
+        assert cosines(adapted.encode(INPUTS), expected["classify"]).min() >= 0.9999
+    ours = [
+        f"{warning.filename}:{warning.lineno}: {warning.message}"
+        for warning in caught
+        if issubclass(warning.category, (DeprecationWarning, FutureWarning))
+        and Path(warning.filename).is_relative_to(Path(ume_plugins.__file__).parent)
+    ]
+    assert ours == []
+
+
+def test_peft_contract_injected_adapters_are_recorded_and_switched_on_the_plain_model():
+    """The peft seams ume_plugins.adapters relies on; a failure names the peft release that changed them."""
+    from peft.functional import inject_adapter_in_model, set_adapter
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    class Block(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.q_proj = torch.nn.Linear(4, 4)
+
+    model = Block()
+    for name in ("one", "two"):
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="Already found a `peft_config` attribute")
+            inject_adapter_in_model(peft.LoraConfig(r=2, target_modules=["q_proj"]), model, name)
+    changed = f"peft {peft.__version__} changed a seam ume_plugins.adapters uses:"
+    assert list(vars(model).get("peft_config", {})) == ["one", "two"], f"{changed} model.peft_config"
+    assert isinstance(model.q_proj, BaseTunerLayer), f"{changed} adapter layers are no longer BaseTunerLayer"
+    set_adapter(model, ["two"], inference_mode=True)
+    model.q_proj.enable_adapters(False)
+    assert model.q_proj.active_adapters == ["two"], f"{changed} active_adapters"
+    assert model.q_proj.disable_adapters, f"{changed} enable_adapters / disable_adapters"
+    assert "lora_A" in model.q_proj.adapter_layer_names, f"{changed} adapter_layer_names"
+    assert isinstance(model.q_proj.get_base_layer(), torch.nn.Linear), f"{changed} get_base_layer"

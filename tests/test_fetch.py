@@ -7,8 +7,11 @@ import pytest
 from tests.conftest import gradient
 from tests.hostile import hostile_server
 from ume_plugins import UMEInputError
+from ume_plugins.decoding import decode
 from ume_plugins.fetch import FetchPolicy, fetch_url
-from ume_plugins.inputs import InputPolicy, describe, load
+from ume_plugins.inputs import parse
+from ume_plugins.policy import InputPolicy
+from ume_plugins.settings import EmbeddingSettings
 
 
 @pytest.fixture(scope="module")
@@ -42,9 +45,9 @@ def test_no_network_refuses_urls_before_any_connection(server):
     base_url, _ = server
     offline = InputPolicy(fetch=FetchPolicy(allow_network=False))
     with pytest.raises(UMEInputError, match="network access is disabled"):
-        describe(f"{base_url}/photo.png", offline)
+        parse(f"{base_url}/photo.png", 0, offline)
     with pytest.raises(UMEInputError, match="network access is disabled"):
-        describe({"video": f"{base_url}/clip.mp4"}, offline)
+        parse({"video": f"{base_url}/clip.mp4"}, 0, offline)
     with pytest.raises(UMEInputError, match="network access is disabled"):
         fetch_url(f"{base_url}/photo.png", offline.fetch)
 
@@ -53,6 +56,6 @@ def test_file_urls_resolve_only_when_allowed(server, tmp_path):
     gradient((84, 56)).save(tmp_path / "local.png")
     url = f"file://{tmp_path / 'local.png'}"
     with pytest.raises(UMEInputError, match="file:// URLs are disabled"):
-        describe(url, InputPolicy())
+        parse(url, 0, InputPolicy())
     allowed = InputPolicy(allow_file_urls=True)
-    assert load(describe(url, allowed), allowed).images[0].size == (84, 56)
+    assert decode(parse(url, 0, allowed), allowed, EmbeddingSettings()).images[0].size == (84, 56)

@@ -1,7 +1,7 @@
 from __future__ import annotations
 
 from tests.conftest import solid
-from ume_plugins.inputs import Item
+from ume_plugins.decoding import Item
 from ume_plugins.prompts import GEN_PROMPT, build_message, compose_text, cut_after_disc_token
 
 
@@ -24,7 +24,7 @@ def test_gen_prompt_is_the_official_single_line():
 
 
 def test_rendered_prompt_matches_the_official_layout(module):
-    item = Item(text="two shapes", images=(solid((255, 0, 0)), solid((0, 0, 255))), video=None)
+    item = Item(index=0, text="two shapes", images=(solid((255, 0, 0)), solid((0, 0, 255))), video=None)
     rendered = module.processor.apply_chat_template(
         build_message(item, "Represent the given image:"), tokenize=False, add_generation_prompt=True
     )
@@ -38,7 +38,7 @@ def test_rendered_prompt_matches_the_official_layout(module):
 
 def test_video_comes_after_images_and_before_text(module):
     frames = (solid((1, 2, 3)),) * 2
-    item = Item(text="clip", images=(solid((9, 9, 9)),), video=frames)
+    item = Item(index=0, text="clip", images=(solid((9, 9, 9)),), video=frames)
     rendered = module.processor.apply_chat_template(
         build_message(item, None), tokenize=False, add_generation_prompt=True
     )

@@ -16,7 +16,7 @@ import pytest
 
 from tests.conftest import gradient, solid
 from tests.hostile import hostile_server
-from ume_plugins import cli, jobs
+from ume_plugins import chunks, jobs
 from ume_plugins.cli import main
 from ume_plugins.jobs import Chunk, JobFolder, JobMismatchError
 
@@ -51,13 +51,13 @@ def finished_cleanly(output: Path) -> bool:
 def computed_chunks(monkeypatch):
     """Indices of the first input of each chunk the CLI computes."""
     starts: list[int] = []
-    encode_chunk = cli.encode_chunk
+    encode_chunk = chunks.encode_chunk
 
     def spy(model, records, start, *args, **kwargs):
         starts.append(start)
         return encode_chunk(model, records, start, *args, **kwargs)
 
-    monkeypatch.setattr(cli, "encode_chunk", spy)
+    monkeypatch.setattr(chunks, "encode_chunk", spy)
     return starts
 
 
@@ -169,9 +169,14 @@ def test_a_job_killed_before_any_file_lands_resumes_to_byte_identical_output(
         assert finished_cleanly(output)
 
 
-def test_a_finished_job_is_not_run_again(small_job, reference, tmp_path, capsys, computed_chunks):
+def test_a_finished_job_is_not_run_again(small_job, reference, tmp_path, capsys, computed_chunks, monkeypatch):
     output = tmp_path / "out"
     assert main(encode_args(small_job, output, "--chunk-size", "2")) == 0
+
+    def no_loading(*args, **kwargs):
+        raise AssertionError("a finished job must be recognised before any model loads")
+
+    monkeypatch.setattr("ume_plugins.loading.load", no_loading)
     assert main(encode_args(small_job, output, "--chunk-size", "2")) == 0
     assert "already holds this job's finished output" in capsys.readouterr().out
     assert computed_chunks == [0, 2, 4] and artefacts(output) == reference
@@ -185,9 +190,12 @@ def test_a_finished_job_is_not_run_again(small_job, reference, tmp_path, capsys,
         (["--chunk-size", "2", "--max-length", "500"], "settings.max_length"),
     ],
 )
-def test_a_folder_made_by_another_command_is_refused(small_job, reference, tmp_path, capsys, changed, differs):
+def test_a_folder_made_by_another_command_is_refused(
+    small_job, reference, tmp_path, capsys, changed, differs, monkeypatch
+):
     output = tmp_path / "out"
     assert main(encode_args(small_job, output, "--chunk-size", "2")) == 0
+    monkeypatch.setattr("ume_plugins.loading.load", lambda *args, **kwargs: pytest.fail("refused after loading"))
     assert main(encode_args(small_job, output, *changed)) == 2
     assert f"holds a different encode job (differs in: {differs})" in capsys.readouterr().err
     assert artefacts(output) == reference
@@ -202,7 +210,8 @@ def test_a_folder_holding_other_files_is_refused(small_job, tmp_path, capsys):
 
 def test_embeddings_npy_is_what_numpy_save_writes(tmp_path):
     vectors = np.arange(12, dtype=np.float32).reshape(3, 4)
-    folder = JobFolder(tmp_path / "out", {"job": 1}, chunk_count=2, dim=4)
+    folder = JobFolder(tmp_path / "out", {"job": 1}, chunk_count=2)
+    folder.claim({"dim": 4})
     folder.save_chunk(0, Chunk([{"id": "a"}, {"id": "b"}], [], vectors[:2]))
     folder.save_chunk(1, Chunk([{"id": "c"}], [{"index": 3, "id": "d", "error": "bad"}], vectors[2:]))
     folder.assemble({"model": "m"})
@@ -213,7 +222,8 @@ def test_embeddings_npy_is_what_numpy_save_writes(tmp_path):
 
 
 def test_a_job_where_every_input_fails_still_writes_empty_artefacts(tmp_path):
-    folder = JobFolder(tmp_path / "out", {"job": 1}, chunk_count=1, dim=8)
+    folder = JobFolder(tmp_path / "out", {"job": 1}, chunk_count=1)
+    folder.claim({"dim": 8})
     folder.save_chunk(0, Chunk([], [{"index": 0, "id": "a", "error": "bad"}], np.zeros((0, 8), np.float32)))
     folder.assemble({})
     assert np.load(tmp_path / "out" / "embeddings.npy").shape == (0, 8)
@@ -223,7 +233,20 @@ def test_a_job_where_every_input_fails_still_writes_empty_artefacts(tmp_path):
 def test_leftover_temporary_files_do_not_make_a_folder_foreign(tmp_path):
     (tmp_path / "out").mkdir()
     (tmp_path / "out" / f".manifest.json.{os.getpid() + 1}.tmp").write_bytes(b"{half a manif")
-    folder = JobFolder(tmp_path / "out", {"job": 1}, chunk_count=1, dim=8)
+    folder = JobFolder(tmp_path / "out", {"job": 1}, chunk_count=1)
+    folder.claim({"dim": 8})
     assert folder.finished_chunks() == set()
     with pytest.raises(JobMismatchError, match="differs in: job"):
-        JobFolder(tmp_path / "out", {"job": 2}, chunk_count=1, dim=8)
+        JobFolder(tmp_path / "out", {"job": 2}, chunk_count=1)
+
+
+def test_chunks_computed_on_other_hardware_are_refused(tmp_path):
+    # Another CPU thread count (or GPU model) reduces in another order: the bytes would differ.
+    facts = {"dim": 2, "device": "cpu", "dtype": "torch.float32", "threads": 2}
+    folder = JobFolder(tmp_path / "out", {"job": 1}, chunk_count=2)
+    folder.claim(facts)
+    folder.save_chunk(0, Chunk([{"id": "a"}], [], np.ones((1, 2), np.float32)))
+    resumed = JobFolder(tmp_path / "out", {"job": 1}, chunk_count=2)
+    assert resumed.finished_chunks() == {0}
+    with pytest.raises(JobMismatchError, match="differs in: threads"):
+        resumed.claim({**facts, "threads": 1})

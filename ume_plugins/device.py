@@ -49,3 +49,25 @@ def model_load_kwargs(device: str | torch.device, model_kwargs: dict[str, Any] |
         dtype = kwargs["dtype"] if isinstance(kwargs["dtype"], torch.dtype) else torch.float32
         kwargs["attn_implementation"] = preferred_attention(device, dtype)
     return kwargs
+
+
+def follow_device(model: Any, attention: str, *, dtype_pinned: bool, attention_pinned: bool) -> str:
+    """Re-pick precision and attention for the device ``model`` landed on, unless the user pinned them.
+
+    Args:
+        model: A transformers model, already on its device.
+        attention: The attention implementation it was loaded with.
+        dtype_pinned: The user chose the dtype (``model_kwargs``).
+        attention_pinned: The user chose the attention implementation.
+
+    Returns:
+        The attention implementation now in use.
+    """
+    device = model.device
+    if not dtype_pinned and model.dtype != preferred_dtype(device):
+        model.to(preferred_dtype(device))
+    preferred = preferred_attention(device, model.dtype)
+    if attention_pinned or preferred == attention:
+        return attention
+    model.set_attn_implementation(preferred)
+    return preferred

@@ -1,7 +1,9 @@
-"""Input parsing: any supported raw input becomes a validated :class:`Item`.
+"""Input parsing: any supported raw input becomes an :class:`InputSpec`, checked but not decoded.
 
-Two stages, so that a batch fails fast: :func:`describe` checks the structure of an input without
-decoding anything (types, dict keys, file existence, URL policy) and :func:`load` decodes the pixels.
+:func:`parse` is pure structure checking (types, dict keys, file existence, URL policy), so a
+whole list is checked before any batch runs; :func:`ume_plugins.decoding.decode` later decodes the
+pixels of one spec. Each input is parsed once and decoded once, and carries its index in the
+caller's list, which every error and warning about it names.
 
 Accepted inputs (mixed freely in one batch):
 
@@ -13,7 +15,7 @@ Accepted inputs (mixed freely in one batch):
 - ``dict`` with keys ``text``, ``image`` (one image or a list = several images) and ``video``
   (a file, URL, list of frames or a 4-D frames array); wrap text in ``{"text": ...}`` to embed a
   string that would otherwise read as a path or URL;
-- :class:`Item`: an input already decoded by :func:`read`, used as is.
+- a user chat message, or a conversation of that one message (see :mod:`ume_plugins.messages`).
 
 Empty or blank text is embedded as an input without text (all such inputs share one vector; a
 warning names them). Text must be valid Unicode: strings holding lone surrogates (undecodable
@@ -22,14 +24,10 @@ bytes smuggled in with ``errors="surrogateescape"``) are rejected.
 
 from __future__ import annotations
 
-import base64
-import binascii
 import io
 import os
 import re
-from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
-from contextvars import ContextVar
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -38,27 +36,14 @@ import numpy as np
 from PIL import Image
 
 from ume_plugins.errors import UMEInputError
-from ume_plugins.fetch import FetchPolicy, fetch_url
-from ume_plugins.media import (
-    PixelPolicy,
-    array_to_image,
-    decode_image,
-    decode_video,
-    fit_image,
-    pad_frames,
-    sample_frame_indices,
-)
+from ume_plugins.messages import message_as_dict
+from ume_plugins.policy import InputPolicy
 
 IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff"})
 VIDEO_EXTENSIONS = frozenset({".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpeg", ".mpg"})
 DICT_KEYS = frozenset({"text", "image", "video"})
 URL_SCHEME = re.compile(r"^(?P<scheme>[a-zA-Z][a-zA-Z0-9+.-]*)://")
-_DATA_URI = re.compile(r"^data:(?P<mime>[\w.+-]+/[\w.+-]+)?(?P<params>(;[^,;]*)*),(?P<payload>.*)$", re.DOTALL)
 _MAX_PATH_CHARS = 4096
-_CHAT_MESSAGES = "chat messages are not accepted; pass {'text': ..., 'image': ..., 'video': ...}"
-
-# id(raw input) -> its index in the list the caller passed, while that list is being encoded.
-_ORIGINS: ContextVar[dict[int, int] | None] = ContextVar("ume_input_origins", default=None)
 
 SourceKind = Literal["pil", "path", "url", "data_uri", "bytes", "array"]
 
@@ -70,170 +55,99 @@ class Source:
     kind: SourceKind
     value: Any
 
+    @property
+    def size(self) -> int:
+        """A rough size for batching: pixels of in-memory images, bytes of encoded ones, 0 for URLs."""
+        if self.kind == "pil":
+            return self.value.width * self.value.height
+        if self.kind == "array":
+            return int(self.value.size)
+        if self.kind == "path":
+            return self.value.stat().st_size
+        return 0 if self.kind == "url" else len(self.value)
+
 
 @dataclass(frozen=True)
 class InputSpec:
     """The structure of one input, checked but not decoded.
 
     Attributes:
+        index: The input's index in the caller's list, named by every error and warning about it.
         text: The input's text, if any.
         images: Image sources, in order.
         video: A video file source, a tuple of frame sources, or None.
     """
 
+    index: int
     text: str | None
     images: tuple[Source, ...]
     video: Source | tuple[Source, ...] | None
 
-
-@dataclass(frozen=True)
-class Item:
-    """One decoded input, ready for prompt building.
-
-    Attributes:
-        text: The input's text, if any.
-        images: RGB images after the first resize, in order.
-        video: RGB frames after sampling and the first resize, or None.
-    """
-
-    text: str | None
-    images: tuple[Image.Image, ...]
-    video: tuple[Image.Image, ...] | None
-
     @property
-    def is_text_only(self) -> bool:
-        """True when the input has no image and no video."""
-        return not self.images and self.video is None
+    def size(self) -> int:
+        """A rough size (characters plus the sources' sizes) to batch inputs of similar size together."""
+        video = () if self.video is None else self.video if isinstance(self.video, tuple) else (self.video,)
+        return len(self.text or "") + sum(source.size for source in (*self.images, *video))
 
 
-@dataclass(frozen=True)
-class InputPolicy:
-    """Everything that decides how raw inputs are read.
-
-    Attributes:
-        pixels: Resize bounds, frame sampling and decoding caps.
-        fetch: Network permissions and limits for URL inputs.
-        allow_file_urls: Accept ``file://`` URLs as paths.
-    """
-
-    pixels: PixelPolicy = PixelPolicy()
-    fetch: FetchPolicy = FetchPolicy()
-    allow_file_urls: bool = False
-
-
-@contextmanager
-def located(inputs: Sequence[Any], policy: InputPolicy, indices: Sequence[int] | None = None) -> Iterator[None]:
-    """Check every input's structure up front, and name caller indices in errors while encoding.
-
-    Batching reorders inputs (by length), so inside this block the index of an input in
-    ``inputs`` is found by identity. Blocks nest: an input already located by an enclosing block
-    keeps the index that block gave it, so errors name the outermost caller's index.
+def parse(raw: Any, index: int, policy: InputPolicy) -> InputSpec:
+    """Check one raw input's structure without decoding it; an :class:`InputSpec` is returned as is.
 
     Args:
-        inputs: The caller's inputs.
-        policy: How inputs are read.
-        indices: The caller's index of each input; defaults to its position in ``inputs``.
-
-    Raises:
-        UMEInputError: The first input whose structure is wrong, with its index.
-    """
-    enclosing = _ORIGINS.get() or {}
-    origins: dict[int, int] = {}
-    for position, raw in enumerate(inputs):
-        index = enclosing.get(id(raw), position if indices is None else indices[position])
-        try:
-            describe(raw, policy)
-        except UMEInputError as error:
-            raise error.at(index) from None
-        origins.setdefault(id(raw), index)
-    token = _ORIGINS.set(origins)
-    try:
-        yield
-    finally:
-        _ORIGINS.reset(token)
-
-
-def origin_of(raw: Any, fallback: int) -> int:
-    """The caller's index of ``raw`` inside :func:`located`, else ``fallback``."""
-    origins = _ORIGINS.get()
-    return origins.get(id(raw), fallback) if origins else fallback
-
-
-def read(raw: Any, policy: InputPolicy) -> Item:
-    """Describe and decode one raw input; an :class:`Item` is returned as is.
-
-    Raises:
-        UMEInputError: The input's structure is wrong or its media cannot be decoded.
-    """
-    if isinstance(raw, Item):
-        return raw
-    return load(describe(raw, policy), policy)
-
-
-def describe(raw: Any, policy: InputPolicy) -> InputSpec:
-    """Check one raw input's structure without decoding it.
+        raw: A raw input (see the module docstring), or a spec parsed earlier (it keeps its index).
+        index: The input's index in the caller's list.
+        policy: What the caller allows (URLs, ``file://`` URLs).
 
     Raises:
         UMEInputError: Unsupported type, unknown or empty dict, missing or empty file, forbidden
-            URL, text that is not valid Unicode, ...
+            URL, text that is not valid Unicode, a malformed chat message, ... (names ``index``).
     """
-    if isinstance(raw, Item):
-        return InputSpec(
-            text=raw.text,
-            images=tuple(Source("pil", image) for image in raw.images),
-            video=None if raw.video is None else tuple(Source("pil", frame) for frame in raw.video),
-        )
+    if isinstance(raw, InputSpec):
+        return raw
+    try:
+        text, images, video = _parse(raw, policy)
+    except UMEInputError as error:
+        raise error.at(index) from None
+    return InputSpec(index=index, text=text, images=images, video=video)
+
+
+Parts = tuple[str | None, tuple[Source, ...], Source | tuple[Source, ...] | None]
+
+
+def _parse(raw: Any, policy: InputPolicy) -> Parts:
     if isinstance(raw, str):
-        return _describe_string(raw, policy)
+        source = _media_string(raw, policy, text_allowed=True)
+        if source is None:
+            return _checked_text(raw), (), None
+        return (None, (), source) if _is_video_source(source) else (None, (source,), None)
     if isinstance(raw, Mapping):
-        return _describe_dict(raw, policy)
-    if isinstance(raw, (np.ndarray,)) or _is_tensor(raw):
-        array = _as_array(raw)
-        if array.ndim == 4:
-            return InputSpec(text=None, images=(), video=Source("array", array))
-        return InputSpec(text=None, images=(_image_source(raw, policy),), video=None)
+        return _parse_dict(message_as_dict(raw) if "role" in raw else raw, policy)
+    if isinstance(raw, np.ndarray) or _is_tensor(raw):
+        if _as_array(raw).ndim == 4:
+            return None, (), Source("array", _as_array(raw))
+        return None, (_image_source(raw, policy),), None
     if isinstance(raw, os.PathLike):
         path = Path(raw)
         if path.suffix.lower() in VIDEO_EXTENSIONS:
-            return InputSpec(text=None, images=(), video=_existing_file(path))
-        return InputSpec(text=None, images=(_existing_file(path),), video=None)
+            return None, (), _existing_file(path)
+        return None, (_existing_file(path),), None
     if isinstance(raw, (list, tuple)):
         if raw and all(isinstance(entry, Mapping) and "role" in entry for entry in raw):
-            raise UMEInputError(_CHAT_MESSAGES)
+            if len(raw) != 1:
+                raise UMEInputError(f"a conversation of {len(raw)} messages: give one user message")
+            return _parse_dict(message_as_dict(raw[0]), policy)
         raise UMEInputError(
             f"a nested {type(raw).__name__} is not an input; pass several images as "
             "{'image': [...]} and video frames as {'video': [...]}"
         )
-    return InputSpec(text=None, images=(_image_source(raw, policy),), video=None)
+    return None, (_image_source(raw, policy),), None
 
 
-def load(spec: InputSpec, policy: InputPolicy) -> Item:
-    """Decode the pixels of a described input.
-
-    Raises:
-        UMEInputError: Unreadable or corrupt media, empty video, frames of unequal size, ...
-    """
-    images = tuple(fit_image(_open_image(source, policy), policy.pixels) for source in spec.images)
-    video = None if spec.video is None else tuple(_load_frames(spec.video, policy))
-    return Item(text=spec.text, images=images, video=video)
-
-
-def _describe_string(raw: str, policy: InputPolicy) -> InputSpec:
-    source = _media_string(raw, policy, text_allowed=True)
-    if source is None:
-        return InputSpec(text=_checked_text(raw), images=(), video=None)
-    if _is_video_source(source):
-        return InputSpec(text=None, images=(), video=source)
-    return InputSpec(text=None, images=(source,), video=None)
-
-
-def _describe_dict(raw: Mapping, policy: InputPolicy) -> InputSpec:
+def _parse_dict(raw: Mapping, policy: InputPolicy) -> Parts:
     if not all(isinstance(key, str) for key in raw):
         raise UMEInputError(f"dict keys must be strings, got {sorted(map(repr, raw))}")
     unknown = sorted(set(raw) - DICT_KEYS)
     if unknown:
-        if {"role", "content"} & set(raw):
-            raise UMEInputError(_CHAT_MESSAGES)
         raise UMEInputError(f"unknown dict key(s) {unknown}; accepted keys are {sorted(DICT_KEYS)}")
     text = raw.get("text")
     if text is not None and not isinstance(text, str):
@@ -252,7 +166,7 @@ def _describe_dict(raw: Mapping, policy: InputPolicy) -> InputSpec:
     video = _video_source(raw["video"], policy) if raw.get("video") is not None else None
     if text is None and not images and video is None:
         raise UMEInputError("dict has no content: give at least one of 'text', 'image', 'video'")
-    return InputSpec(text=text, images=images, video=video)
+    return text, images, video
 
 
 def _media_string(raw: str, policy: InputPolicy, text_allowed: bool) -> Source | None:
@@ -314,14 +228,8 @@ def _image_source(raw: Any, policy: InputPolicy) -> Source:
         if _is_video_source(source):
             raise UMEInputError(f"{_short(raw)} is a video where an image was expected; use the 'video' key")
         return source
-    if isinstance(raw, os.PathLike):
-        return _existing_file(Path(raw))
-    if isinstance(raw, (bytes, bytearray, memoryview)):
-        if not len(raw):
-            raise UMEInputError("image bytes are empty")
-        return Source("bytes", bytes(raw))
-    if isinstance(raw, io.IOBase) or (hasattr(raw, "read") and callable(raw.read)):
-        return Source("bytes", _read_stream(raw))
+    if isinstance(raw, (io.IOBase, os.PathLike, bytes, bytearray, memoryview)) or hasattr(raw, "read"):
+        return _encoded_source(raw, "image")
     if isinstance(raw, np.ndarray) or _is_tensor(raw):
         array = _as_array(raw)
         if array.ndim not in (2, 3):
@@ -348,25 +256,33 @@ def _video_source(raw: Any, policy: InputPolicy) -> Source | tuple[Source, ...]:
         source = _media_string(raw, policy, text_allowed=False)
         assert source is not None
         return source
+    if isinstance(raw, (os.PathLike, bytes, bytearray, memoryview)):
+        return _encoded_source(raw, "video")
+    raise UMEInputError(f"unsupported video type {type(raw).__name__}")
+
+
+def _encoded_source(raw: Any, what: str) -> Source:
+    """A file, bytes or a stream holding an encoded image or video."""
     if isinstance(raw, os.PathLike):
         return _existing_file(Path(raw))
     if isinstance(raw, (bytes, bytearray, memoryview)):
         if not len(raw):
-            raise UMEInputError("video bytes are empty")
+            raise UMEInputError(f"{what} bytes are empty")
         return Source("bytes", bytes(raw))
-    raise UMEInputError(f"unsupported video type {type(raw).__name__}")
+    data = _read_stream(raw)
+    if not data:
+        raise UMEInputError(f"{what} stream is empty")
+    return Source("bytes", data)
 
 
 def _read_stream(stream: Any) -> bytes:
-    """The rest of a file-like object; seekable streams are rewound, since inputs are read twice."""
+    """The rest of a file-like object; a seekable stream is rewound, so the caller's position is kept."""
     seekable = getattr(stream, "seekable", None)
     start = stream.tell() if callable(seekable) and seekable() else None
     data = stream.read()
     if start is not None:
         stream.seek(start)
-    if not data:
-        raise UMEInputError("image stream is empty")
-    return bytes(data)
+    return bytes(data or b"")
 
 
 def _is_video_source(source: Source) -> bool:
@@ -377,62 +293,6 @@ def _is_video_source(source: Source) -> bool:
     if source.kind == "data_uri":
         return source.value.startswith("data:video/")
     return False
-
-
-def _open_image(source: Source, policy: InputPolicy) -> Image.Image:
-    if source.kind == "pil":
-        if source.value.width == 0 or source.value.height == 0:
-            raise UMEInputError(f"image has an empty side ({source.value.width}x{source.value.height})")
-        return source.value
-    if source.kind == "array":
-        return array_to_image(source.value)
-    return decode_image(_read_bytes(source, policy), policy.pixels)
-
-
-def _read_bytes(source: Source, policy: InputPolicy) -> bytes:
-    if source.kind == "bytes":
-        return source.value
-    if source.kind == "url":
-        return fetch_url(source.value, policy.fetch)
-    if source.kind == "data_uri":
-        return _decode_data_uri(source.value)
-    try:
-        data = source.value.read_bytes()
-    except OSError as error:
-        raise UMEInputError(f"cannot read {str(source.value)!r}: {error.strerror or error}") from None
-    if not data:
-        raise UMEInputError(f"file is empty: {str(source.value)!r}")
-    return data
-
-
-def _decode_data_uri(uri: str) -> bytes:
-    match = _DATA_URI.match(uri)
-    if match is None:
-        raise UMEInputError(f"malformed data: URI {_short(uri)}")
-    if ";base64" not in match["params"]:
-        raise UMEInputError("data: URIs must be base64-encoded")
-    try:
-        data = base64.b64decode(match["payload"], validate=True)
-    except (binascii.Error, ValueError):
-        raise UMEInputError("data: URI holds invalid base64") from None
-    if not data:
-        raise UMEInputError("data: URI is empty")
-    return data
-
-
-def _load_frames(source: Source | tuple[Source, ...], policy: InputPolicy) -> list[Image.Image]:
-    pixels = policy.pixels
-    if isinstance(source, tuple):
-        frames = [_open_image(source[i], policy) for i in sample_frame_indices(len(source), pixels.num_frames)]
-    elif source.kind == "array":
-        frames = [array_to_image(source.value[i]) for i in sample_frame_indices(len(source.value), pixels.num_frames)]
-    else:
-        frames = decode_video(source.value if source.kind == "path" else _read_bytes(source, policy), pixels)
-    fitted = [fit_image(frame, pixels) for frame in frames]
-    sizes = {frame.size for frame in fitted}
-    if len(sizes) > 1:
-        raise UMEInputError(f"video frames differ in size after resizing: {sorted(sizes)}")
-    return pad_frames(fitted)
 
 
 def _is_tensor(raw: Any) -> bool:

@@ -10,7 +10,6 @@ from __future__ import annotations
 import io
 import math
 import warnings
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -22,24 +21,6 @@ PATCH_FACTOR = 28  # 14-pixel patches merged 2 x 2
 MAX_ASPECT_RATIO = 200
 FRAME_FACTOR = 2  # Qwen2-VL merges 2 frames per temporal patch
 BLANK_IMAGE_SIDE = 28
-
-
-@dataclass(frozen=True)
-class PixelPolicy:
-    """Pixel bounds and decoding limits.
-
-    Attributes:
-        min_pixels: Lower bound of the first resize (qwen-vl-utils ``fetch_image``).
-        max_pixels: Upper bound of the first resize.
-        num_frames: Frames sampled uniformly from a video (all frames when it has fewer);
-            None keeps every frame.
-        max_decoded_pixels: Largest image accepted for decoding; guards against decompression bombs.
-    """
-
-    min_pixels: int = 4 * 28 * 28
-    max_pixels: int = 16384 * 28 * 28
-    num_frames: int | None = 8
-    max_decoded_pixels: int = 128 * 1024 * 1024
 
 
 def smart_resize(height: int, width: int, min_pixels: int, max_pixels: int) -> tuple[int, int]:
@@ -86,26 +67,26 @@ def to_rgb(image: Image.Image) -> Image.Image:
     return image.convert("RGB")
 
 
-def fit_image(image: Image.Image, policy: PixelPolicy) -> Image.Image:
+def fit_image(image: Image.Image, min_pixels: int, max_pixels: int) -> Image.Image:
     """The first of the eval's two resizes: RGB, then bicubic to the smart-resize target."""
     image = to_rgb(image)
-    height, width = smart_resize(image.height, image.width, policy.min_pixels, policy.max_pixels)
+    height, width = smart_resize(image.height, image.width, min_pixels, max_pixels)
     if (width, height) == image.size:
         return image
     return image.resize((width, height), Image.Resampling.BICUBIC)
 
 
-def blank_image(policy: PixelPolicy) -> Image.Image:
+def blank_image(min_pixels: int, max_pixels: int) -> Image.Image:
     """The white 28x28 image the eval gives text-only inputs (56x56 after fitting)."""
-    return fit_image(Image.new("RGB", (BLANK_IMAGE_SIDE, BLANK_IMAGE_SIDE), (255, 255, 255)), policy)
+    return fit_image(Image.new("RGB", (BLANK_IMAGE_SIDE, BLANK_IMAGE_SIDE), (255, 255, 255)), min_pixels, max_pixels)
 
 
-def decode_image(data: bytes | io.BytesIO | Path, policy: PixelPolicy) -> Image.Image:
+def decode_image(data: bytes | io.BytesIO | Path, max_decoded_pixels: int) -> Image.Image:
     """Decode an encoded image fully, upright (EXIF orientation applied), first frame only.
 
     Raises:
         UMEInputError: Unreadable, truncated or corrupt data, or a declared size above
-            ``policy.max_decoded_pixels`` (checked before any pixel is decoded).
+            ``max_decoded_pixels`` (checked before any pixel is decoded).
     """
     source = io.BytesIO(data) if isinstance(data, bytes) else data
     try:
@@ -113,7 +94,7 @@ def decode_image(data: bytes | io.BytesIO | Path, policy: PixelPolicy) -> Image.
             # Our cap (below PIL's hard limit) decides; PIL's softer warning would only be noise.
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             image = Image.open(source)
-            _check_decoded_size(image.width, image.height, policy)
+            _check_decoded_size(image.width, image.height, max_decoded_pixels)
             image.load()
             return ImageOps.exif_transpose(image)
     except UMEInputError:
@@ -127,10 +108,10 @@ def decode_image(data: bytes | io.BytesIO | Path, policy: PixelPolicy) -> Image.
         raise UMEInputError(f"cannot decode image: {error}") from None
 
 
-def _check_decoded_size(width: int, height: int, policy: PixelPolicy) -> None:
-    if width * height > policy.max_decoded_pixels:
+def _check_decoded_size(width: int, height: int, max_decoded_pixels: int) -> None:
+    if width * height > max_decoded_pixels:
         raise UMEInputError(
-            f"image declares {width}x{height} pixels, above the {policy.max_decoded_pixels}-pixel "
+            f"image declares {width}x{height} pixels, above the {max_decoded_pixels}-pixel "
             "decoding cap (possible decompression bomb)"
         )
 
@@ -171,8 +152,8 @@ def pad_frames(frames: list[Image.Image]) -> list[Image.Image]:
     return frames + [frames[-1]] * missing
 
 
-def decode_video(source: Path | bytes, policy: PixelPolicy) -> list[Image.Image]:
-    """Decode a video file and keep the uniformly sampled frames.
+def decode_video(source: Path | bytes, num_frames: int | None, max_decoded_pixels: int) -> list[Image.Image]:
+    """Decode a video file and keep the ``num_frames`` uniformly sampled frames.
 
     Raises:
         UMEInputError: PyAV missing, an unreadable file or a video without frames.
@@ -189,9 +170,9 @@ def decode_video(source: Path | bytes, policy: PixelPolicy) -> list[Image.Image]
             if not container.streams.video:
                 raise UMEInputError("file has no video stream")
             stream = container.streams.video[0]
-            _check_decoded_size(stream.width, stream.height, policy)
+            _check_decoded_size(stream.width, stream.height, max_decoded_pixels)
             total = sum(1 for _ in container.decode(video=0))
-        wanted = set(sample_frame_indices(total, policy.num_frames))
+        wanted = set(sample_frame_indices(total, num_frames))
         if isinstance(opened, io.BytesIO):
             opened.seek(0)
         with av.open(opened) as container:

@@ -76,7 +76,14 @@ _VOCAB_ROW_MULTIPLE = 64
 TINY_HIDDEN_SIZE = 64
 TINY_MAX_NEW_TOKENS = 32
 # Bumped whenever the builder's output changes, so stale caches are never reused.
-TINY_FORMAT_VERSION = 1
+TINY_FORMAT_VERSION = 2
+# Marks the checkpoint's config.json, so that every load of it (and of anything saved from it)
+# can say that its weights are random.
+RANDOM_WEIGHTS_KEY = "ume_plugins_random_weights"
+RANDOM_WEIGHTS_WARNING = (
+    "This UME-R1 checkpoint (ume-r1-tiny) has RANDOM weights: its vectors and reasoning are "
+    "meaningless and only show that the pipeline runs. Load ume-r1 or ume-r1-7b for real embeddings."
+)
 
 
 def _train_tokenizer():
@@ -157,8 +164,9 @@ def build_tiny_checkpoint(output_dir: str | os.PathLike, seed: int = 0) -> Path:
     The checkpoint is a real ``Qwen2VLForConditionalGeneration`` (2 text layers of width 64, a
     2-block vision tower) saved as safetensors, with a Qwen2 byte-level BPE tokenizer holding every
     Qwen2-VL special token plus ``<gen_emb>`` and ``<disc_emb>``, Qwen2-VL's chat template, its
-    image/video processors and a generation config whose EOS is ``<|im_end|>``. The same seed
-    always gives byte-identical files.
+    image/video processors and a generation config whose EOS is ``<|im_end|>``. Its config is
+    marked (:data:`RANDOM_WEIGHTS_KEY`) so that loading it warns. The same seed always gives
+    byte-identical files.
 
     Args:
         output_dir: Directory to write; created if missing, existing files are overwritten.
@@ -185,6 +193,7 @@ def build_tiny_checkpoint(output_dir: str | os.PathLike, seed: int = 0) -> Path:
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = Qwen2VLForConditionalGeneration(config).eval()
+    setattr(model.config, RANDOM_WEIGHTS_KEY, True)
     model.generation_config = GenerationConfig(
         bos_token_id=tokenizer.convert_tokens_to_ids("<|endoftext|>"),
         pad_token_id=tokenizer.convert_tokens_to_ids("<|endoftext|>"),

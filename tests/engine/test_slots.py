@@ -229,3 +229,41 @@ def test_a_resized_slot_keeps_its_cache_its_tokens_and_penalty_neutral_padding(m
     assert grown.ids[:, :5].tolist() == [[9, 20, 21, 22, 23], [7, 20, 21, 22, 23]]
     assert set(grown.ids[0, 5:].tolist()) == {9} and set(grown.ids[1, 5:].tolist()) == {7}
     assert torch.all(grown.keys[0][0, :, :64] == 3.0) and torch.all(grown.keys[0][1, :, :64] == 1.0)
+
+
+class GenEmbByPromptLength(GenEmbAfterPrompt):
+    """Ends long prompts' rollouts at once and lets short ones reason on: long idle slots beside short live ones."""
+
+    per_row = True
+
+    def length(self, ids: list[int], start: int) -> int:
+        return 2 if sum(token != self.pad for token in ids[:start]) > 200 else 40
+
+    def __call__(self, input_ids, scores):
+        rows = [row for row, ids in enumerate(input_ids.tolist()) if self.im_start in ids]  # idle slots hold none
+        out = scores.clone()
+        out[rows] = super().__call__(input_ids[rows], scores[rows])
+        return out
+
+
+def test_idle_slots_keep_no_length_when_graph_buckets_shrink_the_cache(module, monkeypatch):
+    # CUDA graphs keep power-of-two slot counts and shrink the cache eagerly; run that policy on the CPU
+    # (steps stay eager) so a finished long rollout's slot sits idle beside short live ones.
+    from ume_plugins.engine import slots as slot_engine
+
+    init = slot_engine.SlotRun.__init__
+
+    def graph_buckets(self, *args, **kwargs):
+        init(self, *args, **kwargs)
+        self.graphs, self.pool = True, None
+
+    monkeypatch.setattr(slot_engine.SlotRun, "__init__", graph_buckets)
+    monkeypatch.setattr(slot_engine, "StepRunner", lambda step, *graph_args: step)
+    inputs = [{"text": "word " * 300}, "a cat", "a dog", "two birds", "a fish", "a horse"]  # 8 slots, 5 live
+    kwargs = {"generation_kwargs": {"logits_processor": [GenEmbByPromptLength(module.tokenizer)], "max_new_tokens": 60}}
+    batched = rollouts(module, inputs, "slots", spec={"max_slots": 8}, **kwargs)
+    for row, item in enumerate(inputs):
+        alone = rollouts(module, [item], "slots", **kwargs)
+        written = alone.generated_ids[0, 0]
+        assert torch.equal(batched.generated_ids[row, 0, : len(written)], written)
+        assert cosines(batched.states[row], alone.states[0]).min() >= 0.9999

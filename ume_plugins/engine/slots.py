@@ -234,6 +234,8 @@ class SlotRun:
             self.generated[rollout] = t.ids[slot, prompt : prompt + fed].clone()
             self.forced[rollout], self.answer_forced[rollout] = bool(forced[s_then]), bool(answer[s_then])
             self.rollout_of[slot] = -1
+            # An idle slot keeps nothing: its stale length could exceed a later, smaller capacity.
+            t.lengths[slot] = 0
         self._fill()
         self._reshape()
 

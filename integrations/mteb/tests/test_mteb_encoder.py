@@ -1,4 +1,4 @@
-"""The mteb encoder: mock runs in both modes, batch reading, instructions, model metadata."""
+"""The mteb encoder: a generative mock run, batch reading, instructions, model metadata."""
 
 from __future__ import annotations
 
@@ -29,10 +29,7 @@ def assert_mock_run_green(results: mteb.MockRunResults) -> None:
     assert set(compatible) == passed  # every compatible task ran, video ones included (PyAV, no torchcodec)
 
 
-def test_mock_run_discriminative(disc_encoder):
-    assert_mock_run_green(mteb.mock_run(disc_encoder))
-
-
+# The discriminative mock run goes through the ume-mteb command: tests/test_mteb_cli.py.
 def test_mock_run_generative(gen_encoder):
     assert_mock_run_green(mteb.mock_run(gen_encoder))
 

@@ -10,9 +10,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from ume_mteb.model_meta import DEFAULT_MODE, MODES
+from ume_mteb.core_facts import DEFAULT_MODE, MODES
 
 DEFAULT_OUTPUT = "ume-mteb-results"
+_LOG_FORMAT = "%(levelname)s %(name)s: %(message)s"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -40,11 +41,25 @@ def main(argv: Sequence[str] | None = None) -> int:
     _model_arguments(mock)
 
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    _configure_output(args.verbose, quiet_datasets=args.command == "mock-run")
     return {"run": _run, "mmeb": _mmeb, "mock-run": _mock_run}[args.command](args)
 
 
+def _configure_output(verbose: bool, *, quiet_datasets: bool) -> None:
+    """Our own INFO lines and every warning; the hosts' INFO logging (mteb, datasets, ...) only with -v.
+
+    A mock run logs about 800 INFO lines from mteb and draws a progress bar per mock dataset.
+    """
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format=_LOG_FORMAT)
+    logging.getLogger("ume_mteb").setLevel(logging.INFO)
+    if quiet_datasets and not verbose:
+        import datasets
+
+        datasets.disable_progress_bars()
+
+
 def _model_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("-v", "--verbose", action="store_true", help="show mteb's and other hosts' INFO logging")
     parser.add_argument("--model", default="ume-r1", help="alias, hub id or folder (default: ume-r1)")
     parser.add_argument("--mode", choices=MODES, default=DEFAULT_MODE)
     parser.add_argument("--device", help="cuda, cpu, mps (default: the best available)")

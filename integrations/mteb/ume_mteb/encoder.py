@@ -1,21 +1,22 @@
 """The behavioural half: one thin mteb encoder over the UME-R1 SentenceTransformer.
 
-mteb batches are dicts of columns (``text``, ``image`` (one image or a list), ``video``); each row
-becomes the core's per-input dict, so text and images of one row are fused into one input. The task
-instruction goes to the core as ``prompt``; prompt layout, frame sampling, pixel bounds and both
-modes live in :mod:`ume_plugins`.
+Each row of an mteb batch becomes one core input (:mod:`ume_mteb.batches`) and the task instruction
+goes to the core as ``prompt``; prompt layout, frame sampling, pixel bounds and both modes live in
+:mod:`ume_plugins`.
 """
 
 from __future__ import annotations
 
-from pathlib import Path
+import logging
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from mteb.models.abs_encoder import AbsEncoder
 from mteb.types import PromptType
 
-from ume_mteb.model_meta import DEFAULT_MODE, MODES, meta_for
+from ume_mteb.batches import rows_of, undecoded_videos
+from ume_mteb.core_facts import DEFAULT_MODE, MODES, is_tiny
+from ume_mteb.model_meta import meta_for
 
 if TYPE_CHECKING:
     from mteb.abstasks.task_metadata import TaskMetadata
@@ -23,8 +24,7 @@ if TYPE_CHECKING:
     from sentence_transformers import SentenceTransformer
     from torch.utils.data import DataLoader
 
-
-_CONTENT_KEYS = ("text", "image", "video")
+logger = logging.getLogger(__name__)
 
 
 class UMER1Encoder(AbsEncoder):
@@ -92,49 +92,6 @@ class UMER1Encoder(AbsEncoder):
         return np.concatenate(vectors) if vectors else np.zeros((0, dim), dtype=np.float32)
 
 
-def rows_of(batch: dict[str, list[Any]]) -> list[dict[str, Any]]:
-    """One core input dict per row of an mteb batch; empty fields are dropped."""
-    columns = {key: batch[key] for key in _CONTENT_KEYS if key in batch}
-    size = len(next(iter(columns.values()), []))
-    rows = []
-    for index in range(size):
-        row = {key: _content(values[index]) for key, values in columns.items()}
-        row = {key: value for key, value in row.items() if value is not None}
-        rows.append(row or {"text": ""})
-    return rows
-
-
-def _content(value: Any) -> Any:
-    if value is None or (isinstance(value, (str, list)) and not value):
-        return None
-    if isinstance(value, dict):  # an undecoded video: {"bytes": ..., "path": ...}
-        return value.get("bytes") or (Path(value["path"]) if value.get("path") else None)
-    return value
-
-
-def undecoded_videos(inputs: DataLoader[BatchedInput]) -> DataLoader[BatchedInput]:
-    """The loader, with video files handed over undecoded so that the core samples their frames.
-
-    mteb decodes videos with torchcodec and samples frames its own way; the spec samples
-    ``linspace(0, n - 1, 8)`` cast to int and reads every frame under the image pixel rules, which
-    the core does from the file (with PyAV).
-    """
-    from datasets import Video
-
-    dataset = getattr(inputs, "dataset", None)
-    features = getattr(dataset, "features", None) or {}
-    if not isinstance(features.get("video"), Video):
-        return inputs
-    from torch.utils.data import DataLoader
-
-    return DataLoader(
-        dataset.cast_column("video", Video(decode=False)),
-        batch_size=inputs.batch_size,
-        collate_fn=inputs.collate_fn,
-        num_workers=inputs.num_workers,
-    )
-
-
 def load_model(
     name_or_path: str = "ume-r1",
     mode: str = DEFAULT_MODE,
@@ -175,4 +132,11 @@ def load_model(
         n_parameters=sum(parameter.numel() for parameter in module.model.parameters()),
         generation={"max_new_tokens": module.max_new_tokens, **(generation_kwargs or {})},
     )
+    if is_tiny(name_or_path):
+        logger.warning(
+            "%s has RANDOM weights: its scores, reported as %s, are meaningless and only show that the "
+            "pipeline runs. Use ume-r1 or ume-r1-7b for real scores.",
+            name_or_path,
+            encoder.mteb_model_meta.name,
+        )
     return encoder

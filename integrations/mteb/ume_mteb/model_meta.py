@@ -1,8 +1,8 @@
 """The declarative half: mteb ``ModelMeta`` for UME-R1 in both embedding modes.
 
-Checkpoint facts (hub id, pinned revision, dimension, parameter count) come from
-:mod:`ume_plugins.checkpoints`; the rest (citation, training data, sizes) matches mteb's own
-``ume_r1.py`` entry. The mode is an experiment kwarg: generative, the mode of every reported
+Checkpoint facts come from the core: hub id, pinned revision, dimension and parameter count from
+:mod:`ume_plugins.checkpoints`, the rest (citation, licence, sizes) through :mod:`ume_mteb.core_facts`;
+they match mteb's own ``ume_r1.py`` entry. The mode is an experiment kwarg: generative, the mode of every reported
 UME-R1 score, is the default and adds none; ``{"mode": "discriminative"}`` names the other, so
 mteb's cache keeps both apart (``results/<model>/<revision>/experiments/mode_discriminative/``).
 """
@@ -15,19 +15,18 @@ from typing import Any
 from mteb.models.model_meta import ModelMeta, ScoringFunction
 from mteb.types import OutputDType
 
+from ume_mteb.core_facts import (
+    CITATION,
+    DEFAULT_MODE,
+    LICENSE,
+    MAX_TOKENS,
+    RELEASE_DATE,
+    SIZES,
+    TRAINING_CODE,
+    TRAINING_DATA,
+    UPSTREAM_MAX_NEW_TOKENS,
+)
 from ume_plugins.checkpoints import UME_R1_2B, UME_R1_7B, Checkpoint
-
-MODES = ("generative", "discriminative")
-DEFAULT_MODE = "generative"
-# The rollout budget of upstream's eval; runs with another budget are separate experiments.
-UPSTREAM_MAX_NEW_TOKENS = 8192
-
-UME_R1_CITATION = """@article{lan2025ume,
-  title={UME-R1: Exploring Reasoning-Driven Generative Multimodal Embeddings},
-  author={Lan, Zhibin and Niu, Liqiang and Meng, Fandong and Zhou, Jie and Su, Jinsong},
-  journal={arXiv preprint arXiv:2511.00405},
-  year={2025}
-}"""
 
 # mteb task names overlapping UME-R1's training data (UME-sft-train), as in mteb's own entry.
 UME_R1_TRAINING_DATASETS = {
@@ -51,18 +50,18 @@ UME_R1_TRAINING_DATASETS = {
 _BASE_KWARGS: dict[str, Any] = dict(
     model_type=["dense"],
     languages=["eng-Latn"],
-    release_date="2025-11-10",
+    release_date=RELEASE_DATE,
     modalities=["image", "text", "video"],
-    license="apache-2.0",
+    license=LICENSE,
     open_weights=True,
-    public_training_code="https://github.com/XMUDeepLIT/UME-R1",
-    public_training_data="https://huggingface.co/datasets/zhibinlan/UME-sft-train",
+    public_training_code=TRAINING_CODE,
+    public_training_data=TRAINING_DATA,
     framework=["Sentence Transformers", "PyTorch", "Transformers", "safetensors"],
     similarity_fn_name=ScoringFunction.COSINE,
     use_instructions=True,
     training_datasets=UME_R1_TRAINING_DATASETS,
-    citation=UME_R1_CITATION,
-    max_tokens=32768,
+    citation=CITATION,
+    max_tokens=MAX_TOKENS,
     output_dtypes=OutputDType.BF16,
 )
 
@@ -74,14 +73,13 @@ def _load(model_name: str, revision: str | None = None, **kwargs: Any):
     return load_model(model_name, revision=revision, **kwargs)
 
 
-def _checkpoint_meta(checkpoint: Checkpoint, n_embedding_parameters: int, memory_usage_mb: int) -> ModelMeta:
+def _checkpoint_meta(checkpoint: Checkpoint) -> ModelMeta:
     return ModelMeta(
         loader=_load,
         name=checkpoint.hub_id,
         revision=checkpoint.revision,
         n_parameters=checkpoint.n_parameters,
-        n_embedding_parameters=n_embedding_parameters,
-        memory_usage_mb=memory_usage_mb,
+        **SIZES[checkpoint.hub_id],
         embed_dim=checkpoint.embed_dim,
         reference=f"https://huggingface.co/{checkpoint.hub_id}",
         adapted_from=checkpoint.base,
@@ -89,8 +87,8 @@ def _checkpoint_meta(checkpoint: Checkpoint, n_embedding_parameters: int, memory
     )
 
 
-UME_R1_2B_META = _checkpoint_meta(UME_R1_2B, n_embedding_parameters=233_373_696, memory_usage_mb=8427)
-UME_R1_7B_META = _checkpoint_meta(UME_R1_7B, n_embedding_parameters=544_997_376, memory_usage_mb=31629)
+UME_R1_2B_META = _checkpoint_meta(UME_R1_2B)
+UME_R1_7B_META = _checkpoint_meta(UME_R1_7B)
 CHECKPOINT_METAS = {meta.name: meta for meta in (UME_R1_2B_META, UME_R1_7B_META)}
 # Registry keys of this implementation: mteb already registers the hub ids with its own wrapper.
 REGISTRY_NAMES = {

@@ -74,9 +74,6 @@ def test_max_length_is_saved_validated_and_reloaded(limited, tmp_path):
 
     limited.save(str(tmp_path))
     assert ume_plugins.load(str(tmp_path), device="cpu")[0].max_length == LIMIT
-    limited[0].max_length = 0
-    try:
-        with pytest.raises(ValueError, match="max_length must be positive"):
-            limited[0].validate_settings()
-    finally:
-        limited[0].max_length = LIMIT
+    with pytest.raises(ValueError, match="max_length must be positive"):
+        limited[0].max_length = 0  # checked when set: the settings object is frozen
+    assert limited[0].max_length == LIMIT
