@@ -98,7 +98,8 @@ class UMER1Embedder(AdapterMixin, InputModule):
         )
         self.processor.tokenizer.padding_side = "left"
         self.ume_processor = UMEProcessor(self.processor, self.max_seq_length)
-        self._engine = Engine(EngineSpec.from_tokenizer(self.tokenizer, model_name_or_path, revision=hub.revision))
+        spec = EngineSpec.from_tokenizer(self.tokenizer, model_name_or_path, revision=hub.revision)
+        self._engine = Engine(spec, self.tokenizer)
         self.gen_emb_id, self.disc_emb_id = self._engine.spec.gen_emb_id, self._engine.spec.disc_emb_id
         self.forced_gen_emb = ForcedGenEmbWarning()
         if getattr(self.model.config, RANDOM_WEIGHTS_KEY, False):

@@ -214,6 +214,23 @@ def test_a_compiled_step_equals_the_eager_step(module):
     assert all(torch.equal(a, b) for a, b in zip(eager_cache, compiled_cache, strict=True))
 
 
+def test_a_resized_slot_keeps_its_cache_its_tokens_and_penalty_neutral_padding(module):
+    from ume_plugins.engine.slot_state import SlotTensors
+    from ume_plugins.engine.stages import Budget
+
+    model = module.model
+    budget = Budget(gen_emb_id=module.engine().spec.gen_emb_id, eos_ids=(1,), max_new_tokens=8)
+    small = SlotTensors(model, budget, slots=3, capacity=64, sampling=False)
+    for slot, first in enumerate((7, 8, 9)):
+        small.ids[slot] = first
+        small.ids[slot, 1:5] = torch.arange(20, 24)
+        small.keys[0][slot] = float(slot + 1)
+    grown = small.resized(model, rows=[2, 0], slots=2, capacity=192)
+    assert grown.ids[:, :5].tolist() == [[9, 20, 21, 22, 23], [7, 20, 21, 22, 23]]
+    assert set(grown.ids[0, 5:].tolist()) == {9} and set(grown.ids[1, 5:].tolist()) == {7}
+    assert torch.all(grown.keys[0][0, :, :64] == 3.0) and torch.all(grown.keys[0][1, :, :64] == 1.0)
+
+
 class GenEmbByPromptLength(GenEmbAfterPrompt):
     """Ends long prompts' rollouts at once and lets short ones reason on: long idle slots beside short live ones."""
 

@@ -115,6 +115,8 @@ class SlotTensors:
             self.uniforms = UniformStreams(slots, device) if sampling else None
         else:
             self.stages, self.uniforms = old.stages, old.uniforms
+            # New positions repeat the slot's first token, as a fresh slot's do: penalty-neutral padding.
+            self.ids[: len(index)] = old.ids[index, :1]
             self.ids[: len(index), : min(capacity, old.capacity)] = old.ids[index, : min(capacity, old.capacity)]
             for name in ("lengths", "offsets", "prompt_lengths", "tokens", "logits", "states"):
                 getattr(self, name)[: len(index)] = getattr(old, name)[index]

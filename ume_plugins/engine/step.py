@@ -56,13 +56,16 @@ def decode_step(
         attention = layer.self_attn
         kv_heads, head_dim = layer_keys.shape[1], layer_keys.shape[3]
         normed = layer.input_layernorm(hidden)
-        query = attention.q_proj(normed).view(slots, 1, -1, head_dim).transpose(1, 2)
-        key = attention.k_proj(normed).view(slots, 1, kv_heads, head_dim).transpose(1, 2)
-        value = attention.v_proj(normed).view(slots, 1, kv_heads, head_dim).transpose(1, 2)
-        query, key = query * cos + _rotate_half(query) * sin, key * cos + _rotate_half(key) * sin
-        layer_keys[rows, :, write] = key[:, :, 0]
-        layer_values[rows, :, write] = value[:, :, 0]
+        query = attention.q_proj(normed).view(slots, -1, head_dim)
+        key = attention.k_proj(normed).view(slots, kv_heads, head_dim)
+        value = attention.v_proj(normed).view(slots, kv_heads, head_dim)
+        # Query and key heads rotated together: the same arithmetic in a third of the kernels.
+        rotated = torch.cat([query, key], dim=1)
+        rotated = rotated * cos + _rotate_half(rotated) * sin
         heads = query.shape[1]
+        query, key = rotated[:, :heads], rotated[:, heads:]
+        layer_keys[rows, :, write] = key
+        layer_values[rows, :, write] = value
         grouped = query.reshape(slots, kv_heads, heads // kv_heads, head_dim)
         scale = getattr(attention, "scaling", head_dim**-0.5)
         out = torch.nn.functional.scaled_dot_product_attention(
@@ -74,7 +77,7 @@ def decode_step(
 
 
 def _rotary(decoder: torch.nn.Module, hidden: torch.Tensor, positions: torch.Tensor) -> tuple[torch.Tensor, ...]:
-    """``[slots, 1, 1, head_dim]`` cos and sin of the M-RoPE positions, sections already interleaved.
+    """``[slots, 1, head_dim]`` cos and sin of the M-RoPE positions, sections already interleaved.
 
     transformers >= 5.1x interleaves the temporal/height/width sections inside the rotary module;
     older 5.x returns one set per section (a leading axis of 3) for the attention to interleave.
@@ -87,7 +90,7 @@ def _rotary(decoder: torch.nn.Module, hidden: torch.Tensor, positions: torch.Ten
         cos, sin = (
             torch.cat([part[i % 3] for i, part in enumerate(x.split(sections, dim=-1))], dim=-1) for x in (cos, sin)
         )
-    return cos[:, None], sin[:, None]
+    return cos, sin
 
 
 def _rotate_half(x: torch.Tensor) -> torch.Tensor:
