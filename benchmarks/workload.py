@@ -37,10 +37,12 @@ class ForcedReasoning(LogitsProcessor):
     number of tokens after its last ``<|im_start|>assistant\n``, wherever the row's padding ends.
     With ``varied=True`` a row's length is drawn from ``low..length`` by a seeded hash of its
     prompt tokens (padding ignored), so any engine given the same prompts decodes the same lengths.
-    Everything is tensor arithmetic: no host synchronisation, cheap on a GPU.
+    Everything is tensor arithmetic: no host synchronisation, cheap on a GPU, and ``capturable``
+    (the slot engine replays it inside the step's CUDA graph, as it does its own processors).
     """
 
     per_row = True
+    capturable = True
 
     def __init__(self, tokenizer, length: int, varied: bool = False, low: int | None = None, seed: int = 0):
         self.length, self.varied, self.seed = length, varied, seed

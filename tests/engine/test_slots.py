@@ -75,6 +75,52 @@ def test_a_per_row_processor_runs_on_the_slot_engine_through_encode(model, modul
     assert all(row["generated_ids"].tolist() == expected for row in rows)
 
 
+class TensorScript(LogitsProcessor):
+    """``ScriptedDecoding`` in device arithmetic alone, so it may declare itself ``capturable``."""
+
+    per_row = True
+    capturable = True
+
+    def __init__(self, tokenizer, script: str):
+        ids = tokenizer(script, add_special_tokens=False)["input_ids"] + [tokenizer.convert_tokens_to_ids("<|im_end|>")]
+        self.script = torch.tensor(ids)
+        self.im_start = tokenizer.convert_tokens_to_ids("<|im_start|>")
+        self.header = len(tokenizer("assistant\n", add_special_tokens=False)["input_ids"])
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        width = input_ids.shape[1]
+        positions = torch.arange(width, device=input_ids.device)
+        start = torch.where(input_ids == self.im_start, positions, -1).amax(dim=1) + 1 + self.header
+        step = (width - start).clamp(max=len(self.script) - 1)
+        token = self.script.to(input_ids.device)[step]
+        return torch.full_like(scores, float("-inf")).scatter_(1, token[:, None], 0.0)
+
+
+def test_a_capturable_processor_joins_the_step_and_changes_no_result(module):
+    from transformers import GenerationConfig
+
+    from ume_plugins.engine.processors import ScoreProcessors
+
+    tokenizer = module.tokenizer
+    assert not ScoreProcessors(GenerationConfig(), [1], [RowScript(tokenizer, REASONING)]).capturable
+    assert ScoreProcessors(GenerationConfig(), [1], [TensorScript(tokenizer, REASONING)]).capturable
+    assert not ScoreProcessors(GenerationConfig(no_repeat_ngram_size=2), [1]).capturable  # reads ids on the host
+    eager = {"generation_kwargs": {"logits_processor": [RowScript(tokenizer, REASONING)]}}
+    captured = {"generation_kwargs": {"logits_processor": [TensorScript(tokenizer, REASONING)]}}
+    expected = rollouts(module, INPUTS["mixed"], "slots", spec={"max_slots": 2}, **eager)
+    actual = rollouts(module, INPUTS["mixed"], "slots", spec={"max_slots": 2}, **captured)
+    assert torch.equal(expected.generated_ids, actual.generated_ids)
+    assert torch.equal(expected.states, actual.states)
+    assert actual.generated_ids[2, 0].tolist() == tokenizer(REASONING, add_special_tokens=False)["input_ids"]
+
+
+def test_the_compiled_engine_equals_the_eager_engine(module):
+    eager = rollouts(module, INPUTS["mixed"], "slots", spec={"max_slots": 2, "compile": "eager"}, **GREEDY)
+    compiled_spec = {"max_slots": 2, "compile": "torch_compile", "compile_backend": "aot_eager"}
+    compiled = rollouts(module, INPUTS["mixed"], "slots", spec=compiled_spec, **GREEDY)
+    assert_same(eager, compiled)
+
+
 class GenEmbAfterPrompt(LogitsProcessor):
     """Leaves the model free, but makes each row write ``<gen_emb>`` after a number of tokens set by its prompt."""
 

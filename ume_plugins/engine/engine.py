@@ -7,7 +7,10 @@
   generation-config fields that read each row's token order, and sliding-window checkpoints.
   A logits processor whose ``per_row`` attribute is True declares that it reads each row on its
   own (a row's tokens, left-padded, its latest token last); it runs on the slot engine, where
-  rows are rollouts at different steps in slot order.
+  rows are rollouts at different steps in slot order. One that also has ``capturable = True``
+  declares that its call only queues device arithmetic (no host reads, no Python state changing
+  between calls): the slot engine then replays it inside the step's CUDA graph instead of running
+  it eagerly before each step.
 - ``backend="vllm"``: vLLM writes the reasoning, one forward pass reads ``<gen_emb>``
   (:mod:`ume_plugins.engine.vllm`).
 

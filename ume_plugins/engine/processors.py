@@ -65,6 +65,9 @@ class ScoreProcessors:
                 user.remove(replacement)
             steps.append((processor, view) if replacement is None else (replacement, _ORDERED))
         steps += [(processor, _ORDERED) for processor in user]
+        # Order-reading processors (the user's, and built-in n-gram/bad-word bans) may read ids on the
+        # host; only those declared ``capturable`` may be replayed from a CUDA graph.
+        self.capturable = all(view != _ORDERED or getattr(processor, "capturable", False) for processor, view in steps)
         steps += [(warper, _OWN) for warper in _warpers(config, device)]
         self.steps = steps
         self.min_new_tokens = int(config.min_new_tokens or 0)

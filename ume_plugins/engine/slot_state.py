@@ -38,8 +38,9 @@ class SlotOptions:
     Attributes:
         max_slots: Most rollouts decoded at once.
         compile: ``"eager"``, ``"cuda_graphs"`` (capture each step shape and replay it),
-            ``"torch_compile"`` (``torch.compile`` the step, ``mode="reduce-overhead"`` on CUDA), or
-            ``"auto"`` (CUDA graphs on CUDA, else eager).
+            ``"torch_compile"`` (the decoder step compiled by ``torch.compile``, its fused kernels
+            captured in CUDA graphs like ``"cuda_graphs"`` on CUDA), or ``"auto"`` (CUDA graphs on
+            CUDA, else eager).
         compile_backend: ``torch.compile`` backend for ``"torch_compile"`` (None: inductor).
     """
 
@@ -52,6 +53,10 @@ class SlotOptions:
         if self.compile == "auto" or (self.compile == "cuda_graphs" and device.type != "cuda"):
             return "cuda_graphs" if device.type == "cuda" else "eager"
         return self.compile
+
+    def graphs(self, device: torch.device) -> bool:
+        """Whether steps are replayed from CUDA graphs on ``device``."""
+        return device.type == "cuda" and self.mode(device) in ("cuda_graphs", "torch_compile")
 
 
 EAGER_GRANULE = 64
@@ -83,7 +88,6 @@ class SlotTensors:
         slots: Number of slots.
         capacity: KV positions per slot.
         sampling: Whether rollouts sample (per-slot random streams are kept).
-        static_addresses: Mark the KV buffers for ``torch.compile``'s CUDA graphs.
         source: An instance and the indices of its slots to carry over, in order (see :meth:`resized`).
     """
 
@@ -94,13 +98,12 @@ class SlotTensors:
         slots: int,
         capacity: int,
         sampling: bool,
-        static_addresses: bool = False,
         source: tuple[SlotTensors, torch.Tensor] | None = None,
     ) -> None:
         layers, _, kv_heads, head_dim = decoder_shape(model)
         config = model.config.text_config
         device = model.device
-        self.slots, self.capacity, self.static_addresses = slots, capacity, static_addresses
+        self.slots, self.capacity = slots, capacity
         self.ids = torch.zeros(slots, capacity, dtype=torch.long, device=device)
         self.lengths = torch.zeros(slots, dtype=torch.long, device=device)
         self.offsets = torch.zeros(slots, dtype=torch.long, device=device)
@@ -109,6 +112,16 @@ class SlotTensors:
         self.logits = torch.zeros(slots, config.vocab_size, dtype=torch.float32, device=device)
         self.states = torch.zeros(slots, config.hidden_size, dtype=torch.float32, device=device)
         self.runners: dict[str, Callable[[], None]] = {}
+        # The graphs of one shape share a memory pool; a new shape takes a fresh one. A pool whose
+        # graphs are all gone cannot take another capture (cuBLAS keeps its workspace, allocated
+        # during the capture, alive in it, and the allocator asserts on the next capture_begin).
+        self.graph_pool = torch.cuda.graph_pool_handle() if device.type == "cuda" else None
+        # A step ends by writing its flags here; two pinned host copies let the host read step t
+        # while step t+1 is queued (see flags_to_host).
+        self.flags = torch.zeros(3, slots, dtype=torch.bool, device=device)
+        cuda = device.type == "cuda"
+        self._host_flags = [torch.zeros(3, slots, dtype=torch.bool, pin_memory=cuda) for _ in range(2 if cuda else 0)]
+        self._events = [torch.cuda.Event() for _ in range(2 if cuda else 0)]
         old, index = source if source is not None else (None, None)
         if old is None:
             self.stages = Stages(budget, slots, device)
@@ -141,9 +154,20 @@ class SlotTensors:
             width = min(shape[2], old[layer].shape[2])
             buffer[: len(index), :, :width] = old[layer][index, :, :width]
             old[layer] = torch.empty(0)
-        if self.static_addresses:  # torch.compile's CUDA graphs then accept the step writing into it
-            torch._dynamo.mark_static_address(buffer)
         return buffer
+
+    def flags_to_host(self, step: int) -> tuple[torch.Tensor, torch.cuda.Event | None]:
+        """Queue a copy of the step's :attr:`flags` to the host; the copy and the event that marks it done.
+
+        On CUDA the copy goes to one of two pinned buffers (by ``step`` parity) without waiting: read
+        it after the event, before step ``step + 2`` is queued. Elsewhere it is a plain copy.
+        """
+        if not self._host_flags:
+            return self.flags.clone(), None
+        host, event = self._host_flags[step % 2], self._events[step % 2]
+        host.copy_(self.flags, non_blocking=True)
+        event.record()
+        return host, event
 
     def resized(self, model: torch.nn.Module, rows: list[int], slots: int, capacity: int) -> SlotTensors:
         """A new instance of shape ``slots x capacity`` holding old slots ``rows`` as its first slots.
@@ -160,7 +184,6 @@ class SlotTensors:
             slots,
             capacity,
             self.uniforms is not None,
-            self.static_addresses,
             source=(self, index),
         )
 
@@ -191,7 +214,7 @@ class StepRunner:
             return
         graph = torch.cuda.CUDAGraph()
         try:
-            # One pool and one capture stream for all of a call's graphs: they share their memory.
+            # One capture stream for all of a call's graphs; one pool per shape (see SlotTensors).
             with torch.cuda.graph(graph, pool=self.pool, stream=self.stream):
                 self.step()
         except RuntimeError as error:
@@ -218,7 +241,8 @@ def compiled_step(backend: str | None, device: torch.device) -> Any:
     """:func:`decode_step` under ``torch.compile`` (one per backend and device type, reused across calls)."""
     key = (backend, device.type)
     if key not in _COMPILED:
-        mode = "reduce-overhead" if device.type == "cuda" and backend in (None, "inductor") else None
-        # Dynamic shapes: slot counts and capacities change during a call; one compilation serves them all.
-        _COMPILED[key] = torch.compile(decode_step, backend=backend or "inductor", mode=mode, dynamic=True)
+        # Dynamic shapes: slot counts and capacities change during a call; one compilation serves them
+        # all. No "reduce-overhead": on CUDA the step runner captures the whole step (choice, compiled
+        # decoder, LM head) in one graph of its own, so nothing of a step runs eagerly.
+        _COMPILED[key] = torch.compile(decode_step, backend=backend or "inductor", dynamic=True)
     return _COMPILED[key]

@@ -95,8 +95,7 @@ class SlotRun:
         count = inputs * num_samples
         self.seed = call_seed(seed) if config.do_sample else None
         mode = options.mode(model.device)
-        self.graphs = mode == "cuda_graphs"
-        self.pool = torch.cuda.graph_pool_handle() if self.graphs else None
+        self.graphs = options.graphs(model.device)
         self.stream = torch.cuda.Stream() if self.graphs else None
         self.compiled = compiled_step(options.compile_backend, model.device) if mode == "torch_compile" else None
         self.queue = deque(range(count))  # rollout r is sample r % k of input r // k
@@ -104,8 +103,7 @@ class SlotRun:
         slots = min(options.max_slots, count)
         longest = max(len(ids) for ids in self.prompt_ids)
         capacity = capacity_bucket(longest + 1, self.graphs)
-        static = self.compiled is not None and model.device.type == "cuda"
-        self.t = SlotTensors(model, budget, slots, capacity, config.do_sample, static_addresses=static)
+        self.t = SlotTensors(model, budget, slots, capacity, config.do_sample)
         self.rollout_of: list[int] = [-1] * slots  # -1: free
         self.start = [0] * slots
         hidden = model.config.text_config.hidden_size
@@ -158,22 +156,16 @@ class SlotRun:
         if t.uniforms is not None:
             due = [s for s, r in enumerate(self.rollout_of) if r >= 0 and self._fed(s) and self._fed(s) % CHUNK == 0]
             t.uniforms.refresh(due)
-        eager_choice = self.processors.reads_order
+        # A user processor that is not declared capturable runs eagerly, outside the step's graph.
+        eager_choice = self.processors.reads_order and not self.processors.capturable
         if eager_choice:
             self._choose()
         kind = "decode" if eager_choice else "full"
         if kind not in t.runners:
             step = self._decode if eager_choice else self._full_step
-            t.runners[kind] = StepRunner(step, self.graphs, self.pool, self.stream)
+            t.runners[kind] = StepRunner(step, self.graphs, t.graph_pool, self.stream)
         t.runners[kind]()
-        flags = t.stages.flags()
-        if flags.device.type == "cuda":
-            host = torch.empty(flags.shape, dtype=flags.dtype, pin_memory=True)
-            host.copy_(flags, non_blocking=True)
-            event = torch.cuda.Event()
-            event.record()
-        else:
-            host, event = flags.clone(), None
+        host, event = t.flags_to_host(self.step)
         launched = (host, event, list(self.rollout_of), self.step)
         self.step += 1
         return launched
@@ -209,6 +201,7 @@ class SlotRun:
         t.states.copy_(torch.where(stages.final[:, None], hidden.float(), t.states))
         t.logits.copy_(self.model.lm_head(hidden).float())
         t.lengths.add_(fed.long())
+        t.flags.copy_(stages.flags())
 
     def _fed(self, slot: int) -> int:
         """Tokens slot ``slot`` has fed after its prompt, as the host counts them (one step late at most)."""
