@@ -333,7 +333,5 @@ class UMER1Embedder(AdapterMixin, InputModule):
         path = f"{model_name_or_path}/{subfolder}" if subfolder else model_name_or_path
         module = cls(path, settings=settings, hub=hub, model_kwargs=model_kwargs, processor_kwargs=processor_kwargs)
         if adapters:
-            load_saved_adapters(
-                module.model, adapters, model_name_or_path, subfolder, **hub.for_sentence_transformers()
-            )
+            load_saved_adapters(module.model, adapters, model_name_or_path, subfolder, hub)
         return module
