@@ -16,6 +16,7 @@ from ume_plugins.adapters.layers import (
     adapter_state_dict,
     adapters_enabled,
     base_state_dict,
+    has_adapter_layers,
     inject,
     refuse_base_changes,
 )
@@ -69,6 +70,14 @@ def load_adapter(
     activate(model, [name], enabled=True)
     logger.info("Loaded adapter %r from %s (%d tensors)", name, adapter.where, len(adapter.state))
     return name
+
+
+def save_weights(model: PreTrainedModel, output_path: str) -> None:
+    """Save the weights as safetensors: a plain checkpoint, or :func:`save_adapted_model` with adapters."""
+    if has_adapter_layers(model):
+        save_adapted_model(model, output_path)
+    else:
+        model.save_pretrained(output_path, safe_serialization=True)
 
 
 def save_adapted_model(model: PreTrainedModel, output_path: str) -> None:
