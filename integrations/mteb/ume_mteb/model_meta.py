@@ -59,22 +59,29 @@ def _load(model_name: str, revision: str | None = None, **kwargs: Any):
     return load_model(model_name, revision=revision, **kwargs)
 
 
+# ModelMeta field -> the core's Checkpoint attribute that holds it.
+_FROM_CHECKPOINT = {
+    "name": "hub_id",
+    "revision": "revision",
+    "release_date": "release_date",
+    "license": "license",
+    "public_training_code": "training_code",
+    "public_training_data": "training_data",
+    "n_parameters": "n_parameters",
+    "n_embedding_parameters": "n_embedding_parameters",
+    "max_tokens": "max_positions",
+    "embed_dim": "embed_dim",
+    "adapted_from": "base",
+}
+
+
 def _checkpoint_meta(checkpoint: Checkpoint) -> ModelMeta:
+    facts = {field: getattr(checkpoint, name) for field, name in _FROM_CHECKPOINT.items()}
     meta = ModelMeta(
         loader=_load,
-        name=checkpoint.hub_id,
-        revision=checkpoint.revision,
-        release_date=checkpoint.release_date,
-        license=checkpoint.license,
-        public_training_code=checkpoint.training_code,
-        public_training_data=checkpoint.training_data,
-        n_parameters=checkpoint.n_parameters,
-        n_embedding_parameters=checkpoint.n_embedding_parameters,
-        memory_usage_mb=None,
-        max_tokens=checkpoint.max_positions,
-        embed_dim=checkpoint.embed_dim,
         reference=f"https://huggingface.co/{checkpoint.hub_id}",
-        adapted_from=checkpoint.base,
+        memory_usage_mb=None,
+        **facts,
         **_BASE_KWARGS,
     )
     # mteb's own estimate from the parameter count (fp32), as its entries state it; reads no hub.
