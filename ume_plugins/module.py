@@ -178,9 +178,7 @@ class UMER1Embedder(SettingsAttributes, AdapterMixin, InputModule):
 
         Returns:
             ``sentence_embedding`` (``[batch, dim]``, L2-normalised float32, on the model's device);
-            in generative mode also ``sample_embeddings`` (``[batch, k, dim]``), ``generated_ids``
-            and ``gen_emb_forced`` (``[batch, steps]`` and ``[batch]``; ``[batch, k, steps]`` and
-            ``[batch, k]`` when k > 1); in ``"both"`` mode also ``disc_embedding``.
+            in generative and ``"both"`` modes, the outputs of :func:`~ume_plugins.vectors.generative_outputs`.
         """
         mode = check_mode(features.get("ume_mode", mode) or self.settings.mode)
         model_inputs = {key: value for key, value in features.items() if not key.startswith("ume_")}

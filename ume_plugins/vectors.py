@@ -27,10 +27,14 @@ def normalised(states: torch.Tensor, model: torch.nn.Module) -> torch.Tensor:
 
 
 def generative_outputs(result: Rollout, num_samples: int, model: torch.nn.Module) -> dict[str, torch.Tensor]:
-    """The outputs of generative mode (see :meth:`~ume_plugins.module.UMER1Embedder.forward`).
+    """The outputs of generative and ``"both"`` modes, from one batch's rollouts (k = ``num_samples``).
 
-    Each input's vector is the normalised mean of its ``num_samples`` unit vectors; with one sample,
-    the per-rollout outputs lose their sample axis.
+    Returns:
+        ``sentence_embedding`` (``[batch, dim]``: the normalised mean of each input's k unit
+        vectors), ``sample_embeddings`` (``[batch, k, dim]``), ``generated_ids``, ``gen_emb_forced``
+        and ``answer_forced`` (``[batch, steps]``, ``[batch]`` and ``[batch]``; ``[batch, k, steps]``,
+        ``[batch, k]`` and ``[batch, k]`` when k > 1), and with discriminative states (``"both"``)
+        ``disc_embedding`` (``[batch, dim]``). Vectors are L2-normalised float32 on the model's device.
     """
     samples = normalised(result.states, model)
     single = num_samples == 1
