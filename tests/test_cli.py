@@ -14,8 +14,8 @@ import pytest
 from tests.conftest import gradient
 from tests.hostile import CASES, MAX_URL_BYTES, URL_TIMEOUT, Case, closed_port_url, corpus_model, hostile_env
 from ume_plugins.cli import main
-from ume_plugins.inputs import VIDEO_EXTENSIONS
 from ume_plugins.records import read_records
+from ume_plugins.sources import VIDEO_EXTENSIONS
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples" / "data"
 

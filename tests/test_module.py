@@ -10,6 +10,7 @@ import torch
 import ume_plugins
 from tests.conftest import REASONING, ScriptedDecoding, gradient, solid
 from ume_plugins import GenEmbMissingError, UMEInputError
+from ume_plugins.vectors import normalised
 
 
 def mixed_inputs():
@@ -204,4 +205,4 @@ def test_a_bad_input_fails_before_any_batch_runs(model, module):
 
 def test_non_finite_states_raise_instead_of_returning_nan(module):
     with pytest.raises(FloatingPointError, match="non-finite embedding for batch rows \\[1\\]"):
-        module._normalised(torch.tensor([[1.0, 0.0], [float("nan"), 1.0]]))
+        normalised(torch.tensor([[1.0, 0.0], [float("nan"), 1.0]]), module.model)

@@ -24,6 +24,9 @@ class Checkpoint:
         vocab_rows: Rows of the token embedding matrix.
         max_positions: The decoder's ``max_position_embeddings`` (prompt plus reasoning).
         license: SPDX license of the weights.
+        release_date: Publication date of the weights (ISO), if known.
+        training_code: Where the training code is published, if it is.
+        training_data: Where the training data is published, if it is.
     """
 
     name: str
@@ -35,6 +38,9 @@ class Checkpoint:
     vocab_rows: int
     max_positions: int = 32768
     license: str = "apache-2.0"
+    release_date: str | None = None
+    training_code: str | None = None
+    training_data: str | None = None
 
     @property
     def n_embedding_parameters(self) -> int:
@@ -42,11 +48,29 @@ class Checkpoint:
         return self.vocab_rows * self.embed_dim
 
 
+# The UME-R1 paper, which both published checkpoints cite.
+CITATION = """@article{lan2025ume,
+  title={UME-R1: Exploring Reasoning-Driven Generative Multimodal Embeddings},
+  author={Lan, Zhibin and Niu, Liqiang and Meng, Fandong and Zhou, Jie and Su, Jinsong},
+  journal={arXiv preprint arXiv:2511.00405},
+  year={2025}
+}"""
+
+
 def _published(size: str, revision: str, embed_dim: int, n_parameters: int, vocab_rows: int) -> Checkpoint:
     """A checkpoint of the UME-R1 release: ``zhibinlan/UME-R1-<size>``, fine-tuned from Qwen2-VL-<size>-Instruct."""
     name = f"UME-R1-{size}"
     return Checkpoint(
-        name, f"zhibinlan/{name}", revision, f"Qwen/Qwen2-VL-{size}-Instruct", embed_dim, n_parameters, vocab_rows
+        name,
+        f"zhibinlan/{name}",
+        revision,
+        f"Qwen/Qwen2-VL-{size}-Instruct",
+        embed_dim,
+        n_parameters,
+        vocab_rows,
+        release_date="2025-11-10",
+        training_code="https://github.com/XMUDeepLIT/UME-R1",
+        training_data="https://huggingface.co/datasets/zhibinlan/UME-sft-train",
     )
 
 

@@ -15,10 +15,11 @@ from PIL import Image
 
 from ume_plugins.errors import UMEInputError
 from ume_plugins.fetch import fetch_url
-from ume_plugins.inputs import InputSpec, Source
+from ume_plugins.inputs import InputSpec
 from ume_plugins.media import array_to_image, decode_image, decode_video, fit_image, pad_frames, sample_frame_indices
 from ume_plugins.policy import InputPolicy
 from ume_plugins.settings import EmbeddingSettings
+from ume_plugins.sources import Source
 
 _DATA_URI = re.compile(r"^data:(?P<mime>[\w.+-]+/[\w.+-]+)?(?P<params>(;[^,;]*)*),(?P<payload>.*)$", re.DOTALL)
 

@@ -7,6 +7,7 @@ embedding mode never does.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -51,23 +52,42 @@ def model_load_kwargs(device: str | torch.device, model_kwargs: dict[str, Any] |
     return kwargs
 
 
-def follow_device(model: Any, attention: str, *, dtype_pinned: bool, attention_pinned: bool) -> str:
-    """Re-pick precision and attention for the device ``model`` landed on, unless the user pinned them.
+@dataclass
+class DeviceChoice:
+    """Precision and attention picked for a model's device, and which of them the user pinned.
 
-    Args:
-        model: A transformers model, already on its device.
-        attention: The attention implementation it was loaded with.
+    Attributes:
+        load_kwargs: ``from_pretrained`` kwargs (see :func:`model_load_kwargs`).
+        attention: The attention implementation in use.
         dtype_pinned: The user chose the dtype (``model_kwargs``).
         attention_pinned: The user chose the attention implementation.
-
-    Returns:
-        The attention implementation now in use.
     """
-    device = model.device
-    if not dtype_pinned and model.dtype != preferred_dtype(device):
-        model.to(preferred_dtype(device))
-    preferred = preferred_attention(device, model.dtype)
-    if attention_pinned or preferred == attention:
-        return attention
-    model.set_attn_implementation(preferred)
-    return preferred
+
+    load_kwargs: dict[str, Any]
+    attention: str
+    dtype_pinned: bool
+    attention_pinned: bool
+
+    @classmethod
+    def pick(cls, device: str | torch.device | None, model_kwargs: dict[str, Any] | None) -> DeviceChoice:
+        """The choice for ``device`` (None: the best available), the user's ``model_kwargs`` taking precedence."""
+        from sentence_transformers.util import get_device_name
+
+        pinned = model_kwargs or {}
+        load_kwargs = model_load_kwargs(device or get_device_name(), model_kwargs)
+        return cls(
+            load_kwargs,
+            load_kwargs["attn_implementation"],
+            dtype_pinned="dtype" in pinned or "torch_dtype" in pinned,
+            attention_pinned="attn_implementation" in pinned,
+        )
+
+    def follow(self, model: Any) -> None:
+        """Re-pick precision and attention for the device ``model`` landed on, unless the user pinned them."""
+        device = model.device
+        if not self.dtype_pinned and model.dtype != preferred_dtype(device):
+            model.to(preferred_dtype(device))
+        preferred = preferred_attention(device, model.dtype)
+        if not self.attention_pinned and preferred != self.attention:
+            model.set_attn_implementation(preferred)
+            self.attention = preferred

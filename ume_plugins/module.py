@@ -4,36 +4,29 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from dataclasses import replace
 from typing import Any
 
 import torch
 from sentence_transformers.base.modules import InputModule
 
-from ume_plugins.adapters import (
-    ADAPTERS_KEY,
-    AdapterMixin,
-    has_adapter_layers,
-    load_saved_adapters,
-    per_call_adapter,
-    save_adapted_model,
-)
+from ume_plugins.adapters import ADAPTERS_KEY, AdapterMixin, load_saved_adapters, per_call_adapter, save_weights
 from ume_plugins.checkpoints import HubOptions, add_requirements
 from ume_plugins.decoding import decode
-from ume_plugins.device import follow_device, model_load_kwargs
-from ume_plugins.engine import BACKENDS, Backend, Engine, EngineSpec, Rollout
+from ume_plugins.device import DeviceChoice
+from ume_plugins.engine import BACKENDS, Backend, Engine, EngineSpec
 from ume_plugins.inputs import parse
 from ume_plugins.policy import InputPolicy
 from ume_plugins.processing import UMEProcessor
 from ume_plugins.reasoning import ForcedGenEmbWarning
-from ume_plugins.settings import DEFAULT_SETTINGS, SETTING_NAMES, EmbeddingSettings, check_mode
+from ume_plugins.settings import DEFAULT_SETTINGS, SETTING_NAMES, EmbeddingSettings, SettingsAttributes, check_mode
 from ume_plugins.tiny import RANDOM_WEIGHTS_KEY, RANDOM_WEIGHTS_WARNING
+from ume_plugins.vectors import generative_outputs, normalised
 
 logger = logging.getLogger(__name__)
-# What the engine spec knows of the checkpoint itself, kept when a setting rebuilds the engine.
-_ENGINE_FACTS = ("gen_emb_id", "disc_emb_id", "pad_token_id", "answer_open", "think_closers", "checkpoint", "revision")
 
 
-class UMER1Embedder(AdapterMixin, InputModule):
+class UMER1Embedder(SettingsAttributes, AdapterMixin, InputModule):
     """UME-R1 (Qwen2-VL) embeddings; the mode decides which token's last-layer state is the vector.
 
     ``"generative"`` (default; every reported UME-R1 score) reasons and reads the ``<gen_emb>`` it
@@ -76,28 +69,20 @@ class UMER1Embedder(AdapterMixin, InputModule):
         device: str | None = None,
     ) -> None:
         super().__init__()
-        from sentence_transformers.util import get_device_name
-        from transformers import AutoProcessor, Qwen2VLForConditionalGeneration
+        from transformers import Qwen2VLForConditionalGeneration
 
         if backend not in BACKENDS:
             raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
         self.settings, self.policy = settings, policy or InputPolicy()
         self.backend, self.vllm_kwargs = backend, vllm_kwargs
         hub = hub or HubOptions()
-        self._dtype_pinned = bool(model_kwargs) and ("dtype" in model_kwargs or "torch_dtype" in model_kwargs)
-        self._attention_pinned = bool(model_kwargs) and "attn_implementation" in model_kwargs
-        load_kwargs = model_load_kwargs(device or get_device_name(), model_kwargs)
-        self._attention = load_kwargs["attn_implementation"]
-        # Kept for backends that load the checkpoint themselves (vLLM).
+        self._device_choice = DeviceChoice.pick(device, model_kwargs)
         self.name_or_path, self.revision = model_name_or_path, hub.revision
         self.model = Qwen2VLForConditionalGeneration.from_pretrained(
-            model_name_or_path, **hub.for_transformers(), **load_kwargs
+            model_name_or_path, **hub.for_transformers(), **self._device_choice.load_kwargs
         ).eval()
-        self.processor = AutoProcessor.from_pretrained(
-            model_name_or_path, **hub.for_transformers(), **(processor_kwargs or {})
-        )
-        self.processor.tokenizer.padding_side = "left"
-        self.ume_processor = UMEProcessor(self.processor, self.max_seq_length)
+        self.ume_processor = UMEProcessor.from_pretrained(self.name_or_path, self.max_seq_length, hub, processor_kwargs)
+        self.processor = self.ume_processor.processor
         spec = EngineSpec.from_tokenizer(self.tokenizer, model_name_or_path, revision=hub.revision)
         self._engine = Engine(spec, self.tokenizer)
         self.gen_emb_id, self.disc_emb_id = self._engine.spec.gen_emb_id, self._engine.spec.disc_emb_id
@@ -105,19 +90,10 @@ class UMER1Embedder(AdapterMixin, InputModule):
         if getattr(self.model.config, RANDOM_WEIGHTS_KEY, False):
             logger.warning(RANDOM_WEIGHTS_WARNING)
 
-    def __getattr__(self, name: str) -> Any:
-        # Settings read as attributes, as sentence-transformers' config_keys expect.
-        if name in SETTING_NAMES and "settings" in self.__dict__:
-            return getattr(self.__dict__["settings"], name)
-        return super().__getattr__(name)
-
-    def __setattr__(self, name: str, value: Any) -> None:
-        # The settings object is frozen: assigning one setting makes a checked copy.
-        if name in SETTING_NAMES:
-            name, value = "settings", self.settings.replace(**{name: value})
-        super().__setattr__(name, value)
-        if name == "settings" and "_engine" in self.__dict__:
-            self.engine()  # the engine's own settings are checked at once, not at the next encode
+    def settings_changed(self) -> None:
+        """Rebuild the engine now, so that its settings are checked at once, not at the next encode."""
+        if "_engine" in self.__dict__:
+            self.engine()
 
     @property
     def tokenizer(self) -> Any:
@@ -202,9 +178,7 @@ class UMER1Embedder(AdapterMixin, InputModule):
 
         Returns:
             ``sentence_embedding`` (``[batch, dim]``, L2-normalised float32, on the model's device);
-            in generative mode also ``sample_embeddings`` (``[batch, k, dim]``), ``generated_ids``
-            and ``gen_emb_forced`` (``[batch, steps]`` and ``[batch]``; ``[batch, k, steps]`` and
-            ``[batch, k]`` when k > 1); in ``"both"`` mode also ``disc_embedding``.
+            in generative and ``"both"`` modes, the outputs of :func:`~ume_plugins.vectors.generative_outputs`.
         """
         mode = check_mode(features.get("ume_mode", mode) or self.settings.mode)
         model_inputs = {key: value for key, value in features.items() if not key.startswith("ume_")}
@@ -212,49 +186,22 @@ class UMER1Embedder(AdapterMixin, InputModule):
         if mode == "discriminative":
             if num_samples != 1:
                 raise ValueError("num_samples needs generative mode: discriminative mode has nothing to sample")
-            return {"sentence_embedding": self._normalised(self._disc_states(model_inputs))}
-        budget = generation_kwargs.get("max_new_tokens", self.settings.max_new_tokens)
-        result = self._rollout(model_inputs, generation_kwargs, mode == "both", num_samples, seed, features)
-        self.forced_gen_emb.add(result.forced, budget)
-        samples = self._normalised(result.states)
-        single = num_samples == 1
-        output = {
-            "sentence_embedding": samples[:, 0] if single else self._normalised(samples.mean(dim=1)),
-            "sample_embeddings": samples,
-            "generated_ids": result.generated_ids[:, 0] if single else result.generated_ids,
-            "gen_emb_forced": result.forced[:, 0] if single else result.forced,
-            "answer_forced": result.answer_forced[:, 0] if single else result.answer_forced,
-        }
-        if result.disc_states is not None:
-            output["disc_embedding"] = self._normalised(result.disc_states)
-        return output
-
-    def decode_reasoning(self, generated_ids: torch.Tensor) -> str:
-        """The reasoning text of one row of ``generated_ids``."""
-        return self.tokenizer.decode(generated_ids.tolist(), skip_special_tokens=True)
-
-    # The engine: the only lines that call the generation code.
-    def _disc_states(self, model_inputs: dict[str, torch.Tensor]) -> torch.Tensor:
-        return self.engine().disc_states(self.model, model_inputs)
-
-    def _rollout(
-        self,
-        model_inputs: dict[str, torch.Tensor],
-        generation_kwargs: dict[str, Any],
-        with_disc: bool,
-        num_samples: int,
-        seed: int | None,
-        features: dict[str, Any],
-    ) -> Rollout:
-        return self.engine().rollouts(
+            return {"sentence_embedding": normalised(self.engine().disc_states(self.model, model_inputs), self.model)}
+        result = self.engine().rollouts(
             self.model,
             model_inputs,
             generation_kwargs=generation_kwargs,
-            with_disc=with_disc,
+            with_disc=mode == "both",
             num_samples=num_samples,
             seed=seed,
             items=features.get("ume_items"),
         )
+        self.forced_gen_emb.add(result.forced, generation_kwargs.get("max_new_tokens", self.settings.max_new_tokens))
+        return generative_outputs(result, num_samples, self.model)
+
+    def decode_reasoning(self, generated_ids: torch.Tensor) -> str:
+        """The reasoning text of one row of ``generated_ids``."""
+        return self.tokenizer.decode(generated_ids.tolist(), skip_special_tokens=True)
 
     def engine(self) -> Engine:
         """The engine, rebuilt when a setting it reads changed (settings may be set after loading).
@@ -262,37 +209,15 @@ class UMER1Embedder(AdapterMixin, InputModule):
         Raises:
             ValueError: An engine setting out of range.
         """
-        settings, spec = self.settings, self._engine.spec
-        wanted = EngineSpec(
-            **{name: getattr(spec, name) for name in _ENGINE_FACTS},
-            max_new_tokens=settings.max_new_tokens,
-            on_missing=settings.on_missing_gen_emb,
-            backend=self.backend,
-            vllm_kwargs=self.vllm_kwargs,
-            max_slots=settings.max_slots,
-            thinking_budget=settings.thinking_budget,
-            answer_budget=settings.answer_budget,
-            compile=settings.decode_compile,
-        )
+        spec = self._engine.spec  # the checkpoint's token ids and name are kept
+        wanted = replace(spec, backend=self.backend, vllm_kwargs=self.vllm_kwargs, **self.settings.engine_options())
         if wanted != spec:
             self._engine = Engine(wanted, self.tokenizer)
         return self._engine
 
-    def _normalised(self, states: torch.Tensor) -> torch.Tensor:
-        vectors = torch.nn.functional.normalize(states.float(), p=2, dim=-1)
-        bad = (~torch.isfinite(vectors).all(dim=-1)).nonzero().flatten().tolist()
-        if bad:
-            raise FloatingPointError(
-                f"non-finite embedding for batch rows {bad} (dtype {self.model.dtype}); "
-                "try model_kwargs={'dtype': 'float32'}"
-            )
-        return vectors.to(self.model.device)
-
     def on_model_ready(self, model: Any) -> None:
         """Re-pick precision and attention when the model landed on another device than guessed."""
-        self._attention = follow_device(
-            self.model, self._attention, dtype_pinned=self._dtype_pinned, attention_pinned=self._attention_pinned
-        )
+        self._device_choice.follow(self.model)
 
     def save(self, output_path: str, *args: Any, safe_serialization: bool = True, **kwargs: Any) -> None:
         """Write the model (safetensors), the processor, the settings and the package requirements.
@@ -300,10 +225,7 @@ class UMER1Embedder(AdapterMixin, InputModule):
         With adapters loaded, the base weights are written as a plain checkpoint and each adapter
         under ``adapters/<name>/``.
         """
-        if has_adapter_layers(self.model):
-            save_adapted_model(self.model, output_path)
-        else:
-            self.model.save_pretrained(output_path, safe_serialization=True)
+        save_weights(self.model, output_path)
         self.processor.save_pretrained(output_path)
         self.save_config(output_path)
         add_requirements(output_path, self.requirements())
@@ -333,7 +255,5 @@ class UMER1Embedder(AdapterMixin, InputModule):
         path = f"{model_name_or_path}/{subfolder}" if subfolder else model_name_or_path
         module = cls(path, settings=settings, hub=hub, model_kwargs=model_kwargs, processor_kwargs=processor_kwargs)
         if adapters:
-            load_saved_adapters(
-                module.model, adapters, model_name_or_path, subfolder, **hub.for_sentence_transformers()
-            )
+            load_saved_adapters(module.model, adapters, model_name_or_path, subfolder, hub)
         return module

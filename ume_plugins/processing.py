@@ -14,6 +14,7 @@ from typing import Any
 
 import torch
 
+from ume_plugins.checkpoints import HubOptions
 from ume_plugins.decoding import Item
 from ume_plugins.errors import UMEInputError
 from ume_plugins.media import blank_image
@@ -34,6 +35,24 @@ class UMEProcessor:
     def __init__(self, processor: Any, max_positions: int) -> None:
         self.processor = processor
         self.max_positions = max_positions
+
+    @classmethod
+    def from_pretrained(
+        cls, name_or_path: str, max_positions: int, hub: HubOptions, processor_kwargs: dict[str, Any] | None = None
+    ) -> UMEProcessor:
+        """The processor of a checkpoint, its tokenizer padding on the left (as the engine needs).
+
+        Args:
+            name_or_path: Checkpoint folder or hub id.
+            max_positions: The decoder's ``max_position_embeddings``.
+            hub: How the hub is reached.
+            processor_kwargs: Passed to ``AutoProcessor.from_pretrained``.
+        """
+        from transformers import AutoProcessor
+
+        processor = AutoProcessor.from_pretrained(name_or_path, **hub.for_transformers(), **(processor_kwargs or {}))
+        processor.tokenizer.padding_side = "left"
+        return cls(processor, max_positions)
 
     @property
     def tokenizer(self) -> Any:

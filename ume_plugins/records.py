@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from ume_plugins.errors import UMEInputError
-from ume_plugins.inputs import IMAGE_EXTENSIONS, URL_SCHEME, VIDEO_EXTENSIONS
+from ume_plugins.sources import IMAGE_EXTENSIONS, URL_SCHEME, VIDEO_EXTENSIONS
 
 TEXT_EXTENSIONS = frozenset({".txt", ".md"})
 PARQUET_EXTENSION = ".parquet"

@@ -21,17 +21,11 @@ MODES: tuple[str, ...] = ("generative", "discriminative", "both")
 OnMissing = Literal["force", "raise"]
 ON_MISSING: tuple[str, ...] = ("force", "raise")
 # What encode(..., output_value=...) may ask for in each mode (None gives every key per row).
+_GENERATIVE_KEYS = ("sentence_embedding", "sample_embeddings", "generated_ids", "gen_emb_forced", "answer_forced")
 OUTPUT_KEYS: dict[str, tuple[str, ...]] = {
     "discriminative": ("sentence_embedding",),
-    "generative": ("sentence_embedding", "sample_embeddings", "generated_ids", "gen_emb_forced", "answer_forced"),
-    "both": (
-        "sentence_embedding",
-        "sample_embeddings",
-        "generated_ids",
-        "gen_emb_forced",
-        "answer_forced",
-        "disc_embedding",
-    ),
+    "generative": _GENERATIVE_KEYS,
+    "both": (*_GENERATIVE_KEYS, "disc_embedding"),
 }
 # Keys older versions saved that are runtime choices now: read back, they could loosen the loading
 # user's security (URL and pixel limits) or start code of the folder's choosing (vllm_kwargs).
@@ -143,11 +137,47 @@ class EmbeddingSettings:
             logger.warning("Ignoring unknown UME-R1 settings %s in %s", unknown, source)
         return cls(**{key: value for key, value in config.items() if key in SETTING_NAMES})
 
+    def engine_options(self) -> dict[str, Any]:
+        """The settings the generative engine reads, under :class:`~ume_plugins.engine.EngineSpec`'s names."""
+        return {
+            "max_new_tokens": self.max_new_tokens,
+            "on_missing": self.on_missing_gen_emb,
+            "max_slots": self.max_slots,
+            "thinking_budget": self.thinking_budget,
+            "answer_budget": self.answer_budget,
+            "compile": self.decode_compile,
+        }
+
     def prompt_token_limit(self, max_positions: int) -> int:
         """The longest prompt accepted: ``max_length``, else the positions the reasoning budget leaves."""
         if self.max_length is not None:
             return self.max_length
         return max(max_positions - self.max_new_tokens, max_positions // 2)
+
+
+class SettingsAttributes:
+    """Each setting of ``self.settings`` read and assigned as an attribute (``module.mode``).
+
+    sentence-transformers reads a module's ``config_keys`` as attributes. The settings object is
+    frozen: assigning one setting replaces it with a checked copy, then calls :meth:`settings_changed`.
+    """
+
+    settings: EmbeddingSettings
+
+    def __getattr__(self, name: str) -> Any:
+        if name in SETTING_NAMES and "settings" in self.__dict__:
+            return getattr(self.__dict__["settings"], name)
+        return super().__getattr__(name)  # type: ignore[misc]
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name in SETTING_NAMES:
+            name, value = "settings", self.settings.replace(**{name: value})
+        super().__setattr__(name, value)
+        if name == "settings":
+            self.settings_changed()
+
+    def settings_changed(self) -> None:
+        """Called after ``settings`` was assigned (nothing by default)."""
 
 
 def check_mode(mode: str) -> Mode:

@@ -53,6 +53,7 @@ from ume_plugins.adapters.store import (
     load_adapter,
     load_saved_adapters,
     save_adapted_model,
+    save_weights,
 )
 
 __all__ = [
@@ -78,5 +79,6 @@ __all__ = [
     "per_call_adapter",
     "require_peft",
     "save_adapted_model",
+    "save_weights",
     "using_adapter",
 ]

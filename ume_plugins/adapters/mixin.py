@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 from ume_plugins.adapters import layers
 from ume_plugins.adapters.source import PEFT_INSTALL
 from ume_plugins.adapters.store import ADAPTERS_KEY, adapter_record, load_adapter
+from ume_plugins.checkpoints import HubOptions
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel
@@ -95,16 +96,8 @@ class AdapterMixin:
         Returns:
             The adapter's name.
         """
-        return load_adapter(
-            self.model,
-            peft_model_id,
-            adapter_name,
-            subfolder=subfolder,
-            revision=revision,
-            token=token,
-            cache_folder=cache_folder,
-            local_files_only=local_files_only,
-        )
+        hub = HubOptions(revision, token, cache_folder, local_files_only)
+        return load_adapter(self.model, peft_model_id, adapter_name, subfolder=subfolder, hub=hub)
 
     def load_adapters(
         self, adapter: str | os.PathLike | Mapping[str, str | os.PathLike], **hub_kwargs: Any

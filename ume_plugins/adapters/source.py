@@ -10,6 +10,8 @@ import re
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from ume_plugins.checkpoints import HubOptions
+
 if TYPE_CHECKING:
     import torch
     from peft import PeftConfig
@@ -91,24 +93,13 @@ def unsupported_reason(config: Any) -> str | None:
     return None
 
 
-def read_adapter(
-    source: str | os.PathLike,
-    subfolder: str = "",
-    *,
-    revision: str | None = None,
-    token: bool | str | None = None,
-    cache_folder: str | None = None,
-    local_files_only: bool = False,
-) -> AdapterFile:
+def read_adapter(source: str | os.PathLike, subfolder: str = "", hub: HubOptions | None = None) -> AdapterFile:
     """Read an adapter's config and safetensors weights, with transformers 4.x names mapped to 5.x.
 
     Args:
         source: A local adapter folder or a hub repository id.
         subfolder: Folder of the adapter inside ``source``.
-        revision: Hub revision of ``source``.
-        token: Hub token.
-        cache_folder: Hub cache directory.
-        local_files_only: Never reach the hub.
+        hub: How a hub ``source`` is fetched (revision, token, cache folder, offline).
 
     Returns:
         The adapter, ready to inject.
@@ -124,15 +115,7 @@ def read_adapter(
 
     source = os.fspath(source)
     where = f"{source}/{subfolder}" if subfolder else source
-    config_path, weights_path = _adapter_files(
-        source,
-        subfolder,
-        where,
-        revision=revision,
-        token=token,
-        cache_folder=cache_folder,
-        local_files_only=local_files_only,
-    )
+    config_path, weights_path = _adapter_files(source, subfolder, where, hub or HubOptions())
     config = PeftConfig.from_pretrained(os.path.dirname(config_path))
     reason = unsupported_reason(config)
     if reason:
@@ -151,16 +134,7 @@ def read_adapter(
     return AdapterFile(config, state, where)
 
 
-def _adapter_files(
-    source: str,
-    subfolder: str,
-    where: str,
-    *,
-    revision: str | None,
-    token: bool | str | None,
-    cache_folder: str | None,
-    local_files_only: bool,
-) -> tuple[str, str]:
+def _adapter_files(source: str, subfolder: str, where: str, hub: HubOptions) -> tuple[str, str]:
     local = os.path.join(os.path.expanduser(source), subfolder) if subfolder else os.path.expanduser(source)
     if os.path.isdir(local):
         config_path = os.path.join(local, ADAPTER_CONFIG)
@@ -176,14 +150,7 @@ def _adapter_files(
     from huggingface_hub import hf_hub_download
     from huggingface_hub.errors import EntryNotFoundError, LocalEntryNotFoundError
 
-    hub_kwargs = {
-        "repo_id": source,
-        "subfolder": subfolder or None,
-        "revision": revision,
-        "token": token,
-        "cache_dir": cache_folder,
-        "local_files_only": local_files_only,
-    }
+    hub_kwargs = {"repo_id": source, "subfolder": subfolder or None, **hub.for_transformers()}
     config_path = hf_hub_download(filename=ADAPTER_CONFIG, **hub_kwargs)
     try:
         weights_path = hf_hub_download(filename=ADAPTER_WEIGHTS, **hub_kwargs)

@@ -16,10 +16,12 @@ from ume_plugins.adapters.layers import (
     adapter_state_dict,
     adapters_enabled,
     base_state_dict,
+    has_adapter_layers,
     inject,
     refuse_base_changes,
 )
 from ume_plugins.adapters.source import ADAPTER_WEIGHTS, PEFT_PREFIX, check_adapter_name, read_adapter, require_peft
+from ume_plugins.checkpoints import HubOptions
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel
@@ -36,10 +38,7 @@ def load_adapter(
     adapter_name: str | None = None,
     *,
     subfolder: str = "",
-    revision: str | None = None,
-    token: bool | str | None = None,
-    cache_folder: str | None = None,
-    local_files_only: bool = False,
+    hub: HubOptions | None = None,
 ) -> str:
     """Load a LoRA/DoRA adapter into ``model`` in place, check every weight landed, and activate it.
 
@@ -49,10 +48,7 @@ def load_adapter(
             ``adapter_model.safetensors``, as peft's ``save_pretrained`` writes them).
         adapter_name: Name to load it under (default ``"default"``); letters, digits, ``_.-``.
         subfolder: Folder of the adapter inside ``source``.
-        revision: Hub revision of ``source``.
-        token: Hub token.
-        cache_folder: Hub cache directory.
-        local_files_only: Never reach the hub.
+        hub: How a hub ``source`` is fetched (revision, token, cache folder, offline).
 
     Returns:
         The adapter's name.
@@ -69,18 +65,19 @@ def load_adapter(
     name = check_adapter_name(adapter_name or "default")
     if name in adapter_names(model):
         raise ValueError(f"an adapter named {name!r} is already loaded; pass another adapter_name")
-    adapter = read_adapter(
-        source,
-        subfolder,
-        revision=revision,
-        token=token,
-        cache_folder=cache_folder,
-        local_files_only=local_files_only,
-    )
+    adapter = read_adapter(source, subfolder, hub)
     inject(model, name, adapter)
     activate(model, [name], enabled=True)
     logger.info("Loaded adapter %r from %s (%d tensors)", name, adapter.where, len(adapter.state))
     return name
+
+
+def save_weights(model: PreTrainedModel, output_path: str) -> None:
+    """Save the weights as safetensors: a plain checkpoint, or :func:`save_adapted_model` with adapters."""
+    if has_adapter_layers(model):
+        save_adapted_model(model, output_path)
+    else:
+        model.save_pretrained(output_path, safe_serialization=True)
 
 
 def save_adapted_model(model: PreTrainedModel, output_path: str) -> None:
@@ -114,7 +111,7 @@ def load_saved_adapters(
     record: Mapping[str, Any],
     source: str,
     subfolder: str = "",
-    **hub_kwargs: Any,
+    hub: HubOptions | None = None,
 ) -> None:
     """Reload the adapters a saved model recorded, with their active and enabled state.
 
@@ -123,7 +120,7 @@ def load_saved_adapters(
         record: What :func:`adapter_record` gave when the model was saved.
         source: The saved model's folder or hub id.
         subfolder: The module's folder inside ``source``.
-        **hub_kwargs: ``revision``, ``token``, ``cache_folder``, ``local_files_only``.
+        hub: How a hub ``source`` is fetched (revision, token, cache folder, offline).
 
     Raises:
         ValueError: The record is malformed.
@@ -133,5 +130,5 @@ def load_saved_adapters(
         raise ValueError(f"malformed saved adapter record in {source}: {dict(record)}")
     for name in names:
         folder = posixpath.join(subfolder, ADAPTERS_DIR, check_adapter_name(name))
-        load_adapter(model, source, name, subfolder=folder, **hub_kwargs)
+        load_adapter(model, source, name, subfolder=folder, hub=hub)
     activate(model, active, enabled=record["enabled"])

@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from ume_mteb.core_facts import DEFAULT_MODE, MODES
+from ume_mteb.modes import DEFAULT_MODE, MODES
 
 DEFAULT_OUTPUT = "ume-mteb-results"
 _LOG_FORMAT = "%(levelname)s %(name)s: %(message)s"

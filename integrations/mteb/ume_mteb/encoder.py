@@ -15,8 +15,8 @@ from mteb.models.abs_encoder import AbsEncoder
 from mteb.types import PromptType
 
 from ume_mteb.batches import rows_of, undecoded_videos
-from ume_mteb.core_facts import DEFAULT_MODE, MODES, is_tiny
 from ume_mteb.model_meta import meta_for
+from ume_mteb.modes import DEFAULT_MODE, MODES
 
 if TYPE_CHECKING:
     from mteb.abstasks.task_metadata import TaskMetadata
@@ -116,6 +116,7 @@ def load_model(
         The encoder; pass it to ``mteb.evaluate`` or ``mteb.mock_run``.
     """
     import ume_plugins
+    from ume_plugins.tiny import RANDOM_WEIGHTS_KEY
 
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
@@ -132,7 +133,7 @@ def load_model(
         n_parameters=sum(parameter.numel() for parameter in module.model.parameters()),
         generation={"max_new_tokens": module.max_new_tokens, **(generation_kwargs or {})},
     )
-    if is_tiny(name_or_path):
+    if getattr(module.model.config, RANDOM_WEIGHTS_KEY, False):
         logger.warning(
             "%s has RANDOM weights: its scores, reported as %s, are meaningless and only show that the "
             "pipeline runs. Use ume-r1 or ume-r1-7b for real scores.",

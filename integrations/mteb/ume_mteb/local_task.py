@@ -246,7 +246,7 @@ def _video(value: Any) -> str | list[str] | None:
         return value
     path = Path(value)
     if path.is_dir():
-        from ume_plugins.inputs import IMAGE_EXTENSIONS
+        from ume_plugins.sources import IMAGE_EXTENSIONS
 
         return [str(frame) for frame in sorted(path.iterdir()) if frame.suffix.lower() in IMAGE_EXTENSIONS]
     return str(path)

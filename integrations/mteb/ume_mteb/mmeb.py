@@ -12,7 +12,9 @@ documents). Each task is a folder under the root, named as in :data:`TASKS`::
 grades them for nDCG; ``candidates`` (optional, default all) restricts a query's ranking as MMEB's
 per-query candidate lists do; ``instruction`` (optional) overrides the task's instruction for that
 row, which is how image tasks carry their per-sample instructions. Relative paths are resolved
-against the file.
+against the file. The tasks' own instructions are the core's table
+(:data:`ume_plugins.prompts.MMEB_V2_INSTRUCTIONS`); ``mmeb_v2_tasks.json`` gives each task's
+modality and meta-task, and the paper's scores.
 """
 
 from __future__ import annotations
@@ -27,6 +29,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+from ume_plugins.prompts import MMEB_V2_INSTRUCTIONS, TaskInstructions
 
 if TYPE_CHECKING:
     from ume_mteb.encoder import UMER1Encoder
@@ -59,7 +63,14 @@ class MMEBTask:
         return "ndcg@5" if self.modality == "visdoc" else "hit@1"
 
 
-TASKS: dict[str, MMEBTask] = {name: MMEBTask(name=name, **row) for name, row in _DATA["tasks"].items()}
+def _task(name: str, modality: str, meta_task: str) -> MMEBTask:
+    # Image tasks carry their instructions per sample; the core's one image task per family names a prompt.
+    known = MMEB_V2_INSTRUCTIONS.get(name) if modality != "image" else None
+    query, target = known or TaskInstructions(None, None)
+    return MMEBTask(name, modality, meta_task, query, target)
+
+
+TASKS: dict[str, MMEBTask] = {name: _task(name, **row) for name, row in _DATA["tasks"].items()}
 
 
 def hit_at_1(ranking: Sequence[str], positives: Sequence[str]) -> float:

@@ -1,10 +1,10 @@
 """The declarative half: mteb ``ModelMeta`` for UME-R1 in both embedding modes.
 
-Checkpoint facts come from the core: hub id, pinned revision, dimension and parameter count from
-:mod:`ume_plugins.checkpoints`, the rest (citation, licence, sizes) through :mod:`ume_mteb.core_facts`;
-they match mteb's own ``ume_r1.py`` entry. The mode is an experiment kwarg: generative, the mode of every reported
-UME-R1 score, is the default and adds none; ``{"mode": "discriminative"}`` names the other, so
-mteb's cache keeps both apart (``results/<model>/<revision>/experiments/mode_discriminative/``).
+Checkpoint facts come from the core (:mod:`ume_plugins.checkpoints`: hub id, pinned revision,
+sizes, licence, release, training links, citation); they match mteb's own ``ume_r1.py`` entry.
+The mode is an experiment kwarg: generative, the mode of every reported UME-R1 score, is the
+default and adds none; ``{"mode": "discriminative"}`` names the other, so mteb's cache keeps both
+apart (``results/<model>/<revision>/experiments/mode_discriminative/``).
 """
 
 from __future__ import annotations
@@ -15,18 +15,9 @@ from typing import Any
 from mteb.models.model_meta import ModelMeta, ScoringFunction
 from mteb.types import OutputDType
 
-from ume_mteb.core_facts import (
-    CITATION,
-    DEFAULT_MODE,
-    LICENSE,
-    MAX_TOKENS,
-    RELEASE_DATE,
-    SIZES,
-    TRAINING_CODE,
-    TRAINING_DATA,
-    UPSTREAM_MAX_NEW_TOKENS,
-)
-from ume_plugins.checkpoints import UME_R1_2B, UME_R1_7B, Checkpoint
+from ume_mteb.modes import DEFAULT_MODE
+from ume_plugins.checkpoints import CITATION, UME_R1_2B, UME_R1_7B, Checkpoint
+from ume_plugins.settings import DEFAULT_SETTINGS
 
 # mteb task names overlapping UME-R1's training data (UME-sft-train), as in mteb's own entry.
 UME_R1_TRAINING_DATASETS = {
@@ -50,18 +41,13 @@ UME_R1_TRAINING_DATASETS = {
 _BASE_KWARGS: dict[str, Any] = dict(
     model_type=["dense"],
     languages=["eng-Latn"],
-    release_date=RELEASE_DATE,
     modalities=["image", "text", "video"],
-    license=LICENSE,
     open_weights=True,
-    public_training_code=TRAINING_CODE,
-    public_training_data=TRAINING_DATA,
     framework=["Sentence Transformers", "PyTorch", "Transformers", "safetensors"],
     similarity_fn_name=ScoringFunction.COSINE,
     use_instructions=True,
     training_datasets=UME_R1_TRAINING_DATASETS,
     citation=CITATION,
-    max_tokens=MAX_TOKENS,
     output_dtypes=OutputDType.BF16,
 )
 
@@ -73,18 +59,33 @@ def _load(model_name: str, revision: str | None = None, **kwargs: Any):
     return load_model(model_name, revision=revision, **kwargs)
 
 
+# ModelMeta field -> the core's Checkpoint attribute that holds it.
+_FROM_CHECKPOINT = {
+    "name": "hub_id",
+    "revision": "revision",
+    "release_date": "release_date",
+    "license": "license",
+    "public_training_code": "training_code",
+    "public_training_data": "training_data",
+    "n_parameters": "n_parameters",
+    "n_embedding_parameters": "n_embedding_parameters",
+    "max_tokens": "max_positions",
+    "embed_dim": "embed_dim",
+    "adapted_from": "base",
+}
+
+
 def _checkpoint_meta(checkpoint: Checkpoint) -> ModelMeta:
-    return ModelMeta(
+    facts = {field: getattr(checkpoint, name) for field, name in _FROM_CHECKPOINT.items()}
+    meta = ModelMeta(
         loader=_load,
-        name=checkpoint.hub_id,
-        revision=checkpoint.revision,
-        n_parameters=checkpoint.n_parameters,
-        **SIZES[checkpoint.hub_id],
-        embed_dim=checkpoint.embed_dim,
         reference=f"https://huggingface.co/{checkpoint.hub_id}",
-        adapted_from=checkpoint.base,
+        memory_usage_mb=None,
+        **facts,
         **_BASE_KWARGS,
     )
+    # mteb's own estimate from the parameter count (fp32), as its entries state it; reads no hub.
+    return meta.model_copy(update={"memory_usage_mb": meta.calculate_memory_usage_mb()})
 
 
 UME_R1_2B_META = _checkpoint_meta(UME_R1_2B)
@@ -113,7 +114,8 @@ def experiment_kwargs(mode: str, generation: dict[str, Any] | None = None) -> di
     kwargs = {
         key: value
         for key, value in (generation or {}).items()
-        if isinstance(value, (str, int, float, bool)) and (key, value) != ("max_new_tokens", UPSTREAM_MAX_NEW_TOKENS)
+        if isinstance(value, (str, int, float, bool))
+        and (key, value) != ("max_new_tokens", DEFAULT_SETTINGS.max_new_tokens)
     }
     return kwargs or None
 
