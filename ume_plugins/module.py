@@ -17,7 +17,7 @@ from ume_plugins.device import DeviceChoice
 from ume_plugins.engine import BACKENDS, Backend, Engine, EngineSpec
 from ume_plugins.inputs import parse
 from ume_plugins.policy import InputPolicy
-from ume_plugins.processing import UMEProcessor
+from ume_plugins.processing import PROCESSING_KWARGS_REFUSED, UMEProcessor
 from ume_plugins.reasoning import ForcedGenEmbWarning
 from ume_plugins.settings import DEFAULT_SETTINGS, SETTING_NAMES, EmbeddingSettings, SettingsAttributes, check_mode
 from ume_plugins.tiny import RANDOM_WEIGHTS_KEY, RANDOM_WEIGHTS_WARNING
@@ -143,10 +143,7 @@ class UMER1Embedder(SettingsAttributes, AdapterMixin, InputModule):
             ValueError: An unknown mode, or ``processing_kwargs``.
         """
         if processing_kwargs:
-            raise ValueError(
-                "processing_kwargs is not supported by UME-R1: set min_pixels, max_pixels, processor_min_pixels, "
-                "processor_max_pixels or num_frames on the model (ume_plugins.load(..., num_frames=4))"
-            )
+            raise ValueError(PROCESSING_KWARGS_REFUSED)
         mode = check_mode(mode or self.settings.mode)
         specs = [parse(raw, index, self.policy) for index, raw in enumerate(inputs)]
         items = [decode(spec, self.policy, self.settings) for spec in specs]

@@ -24,6 +24,12 @@ from ume_plugins.settings import EmbeddingSettings, Mode
 logger = logging.getLogger(__name__)
 
 
+PROCESSING_KWARGS_REFUSED = (
+    "processing_kwargs is not supported by UME-R1: set min_pixels, max_pixels, processor_min_pixels, "
+    "processor_max_pixels or num_frames on the model (ume_plugins.load(..., num_frames=4))"
+)
+
+
 class UMEProcessor:
     """Turns decoded items into the model's features, under given settings.
 

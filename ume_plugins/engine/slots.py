@@ -21,15 +21,13 @@ step t are read, so the device never waits for the host (a finished slot idles f
 from __future__ import annotations
 
 from collections import deque
-from dataclasses import dataclass
 from typing import Any
 
 import torch
 from transformers import GenerationConfig
 
 from ume_plugins.engine.base import OnMissing, Rollout, assemble, missing_gen_emb_error
-from ume_plugins.engine.batching import last_position, length_groups, model_inputs, sub_batch
-from ume_plugins.engine.hf_model import layer_kv, prefill
+from ume_plugins.engine.prefill import Prompt, prefill_prompts
 from ume_plugins.engine.processors import ScoreProcessors
 from ume_plugins.engine.sampling import CHUNK, call_seed, draw, rollout_seed
 from ume_plugins.engine.slot_state import (
@@ -43,17 +41,6 @@ from ume_plugins.engine.slot_state import (
 )
 from ume_plugins.engine.stages import Budget
 from ume_plugins.engine.step import decode_step
-
-
-@dataclass
-class _Prompt:
-    """A prefilled input waiting for slots: its KV rows, first logits and what its rollouts need."""
-
-    keys: list[torch.Tensor]
-    values: list[torch.Tensor]
-    logits: torch.Tensor
-    offset: torch.Tensor
-    remaining: int
 
 
 class SlotRun:
@@ -99,7 +86,7 @@ class SlotRun:
         self.stream = torch.cuda.Stream() if self.graphs else None
         self.compiled = compiled_step(options.compile_backend, model.device) if mode == "torch_compile" else None
         self.queue = deque(range(count))  # rollout r is sample r % k of input r // k
-        self.prompts: dict[int, _Prompt] = {}
+        self.prompts: dict[int, Prompt] = {}
         slots = min(options.max_slots, count)
         longest = max(len(ids) for ids in self.prompt_ids)
         capacity = capacity_bucket(longest + 1, self.graphs)
@@ -264,29 +251,11 @@ class SlotRun:
                 del self.prompts[source]
 
     def _prefill(self, inputs: list[int]) -> None:
-        """Prefill ``inputs`` (indices into the batch) in groups of similar length."""
-        lengths = [len(self.prompt_ids[index]) for index in inputs]
-        for group in length_groups(lengths):
-            rows = [inputs[member] for member in group]
-            batch = sub_batch(self.features, rows)
-            model_batch = model_inputs(batch)
-            hidden, cache, offsets = prefill(self.model, model_batch)
-            logits = self.model.lm_head(hidden[:, -1]).float()
-            if self.disc is not None:
-                positions = last_position(model_batch["input_ids"], self.disc_emb_id)
-                self.disc[rows] = hidden[torch.arange(len(rows), device=hidden.device), positions].float()
-            width = hidden.shape[1]
-            del hidden
-            kv = [layer_kv(cache, layer) for layer in range(len(self.t.keys))]
-            for member, index in enumerate(rows):
-                start = width - len(self.prompt_ids[index])
-                self.prompts[index] = _Prompt(
-                    keys=[keys[member, :, start:] for keys, _ in kv],
-                    values=[values[member, :, start:] for _, values in kv],
-                    logits=logits[member],
-                    offset=offsets[member, 0],
-                    remaining=self.num_samples,
-                )
+        """Prefill ``inputs`` (indices into the batch); each waits for its rollouts in :attr:`prompts`."""
+        prompts = prefill_prompts(
+            self.model, self.features, self.prompt_ids, inputs, self.num_samples, self.disc, self.disc_emb_id
+        )
+        self.prompts.update(prompts)
 
     def _live_length(self) -> int:
         """Longest cache a live slot can need at the next step (the host's upper bound)."""
