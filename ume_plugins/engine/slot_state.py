@@ -112,9 +112,9 @@ class SlotTensors:
         self.logits = torch.zeros(slots, config.vocab_size, dtype=torch.float32, device=device)
         self.states = torch.zeros(slots, config.hidden_size, dtype=torch.float32, device=device)
         self.runners: dict[str, Callable[[], None]] = {}
-        # The graphs of one shape share a memory pool; a new shape takes a fresh one. A pool whose
-        # graphs are all gone cannot take another capture (cuBLAS keeps its workspace, allocated
-        # during the capture, alive in it, and the allocator asserts on the next capture_begin).
+        # The graphs of one shape share a memory pool; a new shape takes a fresh one. Seen on an H200
+        # (torch 2.11): once a shared pool's graphs were freed, every later capture into it failed
+        # (`use_count > 0` assert): something allocated during a capture outlives its graphs.
         self.graph_pool = torch.cuda.graph_pool_handle() if device.type == "cuda" else None
         # A step ends by writing its flags here; two pinned host copies let the host read step t
         # while step t+1 is queued (see flags_to_host).
