@@ -26,7 +26,7 @@ if "ume_plugins" not in sys.modules:
     sys.modules["ume_plugins"] = package
 
 from ume_plugins.prompts import GEN_PROMPT  # noqa: E402
-from ume_plugins.tiny import _train_tokenizer  # noqa: E402
+from ume_plugins.tiny import _train_tokenizer, vision_token_ids  # noqa: E402
 
 # Qwen2-VL-2B (UME-R1-2B): see the spec's cost and shape facts.
 TEXT_2B = {
@@ -87,12 +87,9 @@ def build_model(tok: Any, device: torch.device, dtype: torch.dtype, quick: bool)
             "temporal_patch_size": TEMPORAL,
             "in_channels": 3,
         },
-        image_token_id=ids("<|image_pad|>"),
-        video_token_id=ids("<|video_pad|>"),
-        vision_start_token_id=ids("<|vision_start|>"),
-        vision_end_token_id=ids("<|vision_end|>"),
         tie_word_embeddings=True,
         **special,
+        **vision_token_ids(tok),
     )
     previous = torch.get_default_dtype()
     torch.set_default_dtype(dtype)

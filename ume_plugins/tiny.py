@@ -14,6 +14,7 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
+from typing import Any
 
 from ume_plugins.prompts import GEN_PROMPT, SYSTEM_PROMPT
 
@@ -150,12 +151,20 @@ def _model_config(tokenizer, vocab_rows: int):
             "spatial_merge_size": 2,
             "temporal_patch_size": 2,
         },
-        image_token_id=token_id("<|image_pad|>"),
-        video_token_id=token_id("<|video_pad|>"),
-        vision_start_token_id=token_id("<|vision_start|>"),
-        vision_end_token_id=token_id("<|vision_end|>"),
         tie_word_embeddings=True,
+        **vision_token_ids(tokenizer),
     )
+
+
+def vision_token_ids(tokenizer: Any) -> dict[str, int]:
+    """``Qwen2VLConfig``'s image/video placeholder and vision-span token ids, read from ``tokenizer``."""
+    token_id = tokenizer.convert_tokens_to_ids
+    return {
+        "image_token_id": token_id("<|image_pad|>"),
+        "video_token_id": token_id("<|video_pad|>"),
+        "vision_start_token_id": token_id("<|vision_start|>"),
+        "vision_end_token_id": token_id("<|vision_end|>"),
+    }
 
 
 def build_tiny_checkpoint(output_dir: str | os.PathLike, seed: int = 0) -> Path:

@@ -76,6 +76,8 @@ class SlotRun:
         self.model, self.features, self.budget, self.config = model, features, budget, config
         self.processors, self.on_missing, self.num_samples = processors, on_missing, num_samples
         self.disc_emb_id = disc_emb_id
+        # A user processor that is not declared capturable runs eagerly, outside the step's graph.
+        self.eager_choice = processors.reads_order and not processors.capturable
         mask = features["attention_mask"]
         self.prompt_ids = [ids[row.bool()].tolist() for ids, row in zip(features["input_ids"], mask, strict=True)]
         inputs = len(self.prompt_ids)
@@ -143,13 +145,11 @@ class SlotRun:
         if t.uniforms is not None:
             due = [s for s, r in enumerate(self.rollout_of) if r >= 0 and self._fed(s) and self._fed(s) % CHUNK == 0]
             t.uniforms.refresh(due)
-        # A user processor that is not declared capturable runs eagerly, outside the step's graph.
-        eager_choice = self.processors.reads_order and not self.processors.capturable
-        if eager_choice:
+        if self.eager_choice:
             self._choose()
-        kind = "decode" if eager_choice else "full"
+        kind = "decode" if self.eager_choice else "full"
         if kind not in t.runners:
-            step = self._decode if eager_choice else self._full_step
+            step = self._decode if self.eager_choice else self._full_step
             t.runners[kind] = StepRunner(step, self.graphs, t.graph_pool, self.stream)
         t.runners[kind]()
         host, event = t.flags_to_host(self.step)
@@ -188,7 +188,7 @@ class SlotRun:
         t.states.copy_(torch.where(stages.final[:, None], hidden.float(), t.states))
         t.logits.copy_(self.model.lm_head(hidden).float())
         t.lengths.add_(fed.long())
-        t.flags.copy_(stages.flags())
+        stages.flags(out=t.flags)
 
     def _fed(self, slot: int) -> int:
         """Tokens slot ``slot`` has fed after its prompt, as the host counts them (one step late at most)."""

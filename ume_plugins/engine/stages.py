@@ -157,9 +157,13 @@ class Stages:
         self.live.copy_(going)
         return tokens
 
-    def flags(self) -> torch.Tensor:
-        """``[3, slots]``: whose input was ``<gen_emb>`` this step, ``gen_emb_forced``, ``answer_forced``."""
-        return torch.stack([self.final, self.gen_emb_forced, self.answer_forced])
+    def flags(self, out: torch.Tensor | None = None) -> torch.Tensor:
+        """``[3, slots]``: whose input was ``<gen_emb>`` this step, ``gen_emb_forced``, ``answer_forced``.
+
+        Args:
+            out: A ``[3, slots]`` bool buffer to write them into (the step's own), or None for a new tensor.
+        """
+        return torch.stack([self.final, self.gen_emb_forced, self.answer_forced], out=out)
 
 
 def _resized(tensor: torch.Tensor, rows: torch.Tensor, slots: int) -> torch.Tensor:
