@@ -28,7 +28,8 @@ def encode_command(args: argparse.Namespace) -> int:
     """Run ``ume-plugins encode``: resume or start the job, then assemble its output."""
     from ume_plugins.encode_job import Job, JobOptions, run_local
 
-    if args.model.strip().lower() == "ume-r1-tiny":
+    # A local run loads the model here, and the module says it once; Ray actors load it out of sight.
+    if args.ray is not None and args.model.strip().lower() == "ume-r1-tiny":
         print(_RANDOM_WEIGHTS_NOTICE, file=sys.stderr)
     options = JobOptions(
         input=Path(args.input),
