@@ -21,7 +21,8 @@ Contenders, each at slot/batch sizes 1, 8, 32, 64 as the time budget allows:
 Reported: items/s, decode tokens/s, peak GPU memory above the weights, decode steps against total
 tokens / slots, the % of the memory-bandwidth roofline of one decode step at batch 1 (weights plus
 live KV read per step, divided by the bandwidth of a device-to-device copy measured in the same
-run), and the lowest cosine between an input's vector batched and alone (bf16). Each contender has a
+run) with the GPU kernels that step launches, and the lowest cosine between an input's vector
+batched and alone (bf16). Each contender has a
 share of the time budget; a run predicted (from its warm-up) to overrun it is skipped and listed.
 Results go to ``benchmarks/results/gpu-<device>.json`` and ``.md`` after every run.
 """
@@ -380,9 +381,10 @@ class Bench:
         captures and compilation stay out. ``generate`` is timed as the difference of two calls that
         differ only in their scripted length.
         """
+        kernels = None
         if contender.startswith("ours"):
             live = 400 if not self.quick else 40
-            step = self.slot_step_seconds(contender, live)
+            step, kernels = self.slot_step_seconds(contender, live)
         else:
             item = self.items["text"][:1]
             short, long = (8, 40) if self.quick else (64, 320)
@@ -394,9 +396,10 @@ class Bench:
                 times.append(time.perf_counter() - start)
             step = (times[1] - times[0]) / (long - short)
             live = int(self.features(item)["attention_mask"].sum()) + (short + long) / 2
-        self.add_roofline(f"{contender}, step alone" if contender.startswith("ours") else contender, step, live)
+        name = f"{contender}, step alone" if contender.startswith("ours") else contender
+        self.add_roofline(name, step, live, kernels)
 
-    def add_roofline(self, name: str, step: float, live: float) -> None:
+    def add_roofline(self, name: str, step: float, live: float, kernels: int | None = None) -> None:
         """Record a decode step of ``step`` seconds reading the weights and ``live`` tokens of KV."""
         settings = self.results["settings"]
         read = settings["decode_weight_bytes"] + settings["kv_bytes_per_token"] * live
@@ -407,11 +410,15 @@ class Bench:
                 "live_tokens": live,
                 "bytes_per_step": read,
                 "percent_of_copy_bandwidth": 100 * read / (settings["copy_bandwidth_gbs"] * 1e9) / step,
+                "kernels_per_step": kernels,
             }
         )
 
-    def slot_step_seconds(self, contender: str, live: int) -> float:
-        """Seconds of one slot-engine decode step (decoder + LM head) for one slot holding ``live`` tokens."""
+    def slot_step_seconds(self, contender: str, live: int) -> tuple[float, int | None]:
+        """Seconds of one slot-engine decode step (decoder + LM head) for one slot holding ``live`` tokens.
+
+        Also the GPU kernels one step launches (what its graph replays), or None on the CPU.
+        """
         from ume_plugins.engine.slot_state import SlotTensors, StepRunner, capacity_bucket, compiled_step
         from ume_plugins.engine.stages import Budget
         from ume_plugins.engine.step import decode_step
@@ -444,7 +451,8 @@ class Bench:
             for _ in range(repeats):
                 runner()
             self.sync()
-        return (time.perf_counter() - start) / repeats
+            seconds = (time.perf_counter() - start) / repeats
+            return seconds, kernel_count(step) if cuda else None
 
     def cosine(self, contender: str, kind: str) -> None:
         """Lowest cosine between inputs' vectors batched (largest slot count run) and alone."""
@@ -562,6 +570,26 @@ def bandwidth(device: torch.device) -> float:
     return 2 * size / best
 
 
+def kernel_count(step: Any) -> int | None:
+    """GPU kernels one eager call of ``step`` launches (None if the profiler cannot tell).
+
+    At batch 1 a 2B model's layer reads its weights in microseconds, so the launch count, not the
+    bytes, sets the step time; this is the number each optimisation has to bring down.
+    """
+    from torch.autograd import DeviceType
+    from torch.profiler import ProfilerActivity, profile
+
+    try:
+        with profile(activities=[ProfilerActivity.CUDA]) as profiler:
+            step()
+            torch.cuda.synchronize()
+        names = [event.name for event in profiler.events() if event.device_type == DeviceType.CUDA]
+    except Exception as error:  # a profiler problem must not cost the run its other numbers
+        print(f"kernel count unavailable: {error}", flush=True)
+        return None
+    return sum(1 for name in names if not name.lower().startswith(("memcpy", "memset"))) or None
+
+
 def _as_eager(task: Task) -> Task:
     """A CUDA-graph task as the CPU runs it (eagerly); compiled tasks are dropped with their contender."""
     return tuple("ours-eager" if part == "ours-graphs" else part for part in task)
@@ -601,13 +629,14 @@ def markdown(results: dict[str, Any]) -> str:
         )
     lines += [
         "",
-        "| decode step at batch 1 | ms | live tokens | bytes read | % of copy bandwidth (roofline) |",
-        "|---|---|---|---|---|",
+        "| decode step at batch 1 | ms | live tokens | bytes read | % of copy bandwidth (roofline) | kernels |",
+        "|---|---|---|---|---|---|",
     ]
     for row in results["roofline"]:
         lines.append(
             f"| {row['contender']} | {row['step_ms']:.2f} | {row['live_tokens']:.0f} "
-            f"| {row['bytes_per_step'] / 1e9:.2f} GB | {row['percent_of_copy_bandwidth']:.0f}% |"
+            f"| {row['bytes_per_step'] / 1e9:.2f} GB | {row['percent_of_copy_bandwidth']:.0f}% "
+            f"| {row.get('kernels_per_step') or '-'} |"
         )
     lines += ["", "| cosine, batched vs alone | inputs | batched slots | items | min |", "|---|---|---|---|---|"]
     for row in results["cosine"]:
