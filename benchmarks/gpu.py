@@ -419,15 +419,14 @@ class Bench:
 
         Also the GPU kernels one step launches (what its graph replays), or None on the CPU.
         """
-        from ume_plugins.engine.slot_state import SlotTensors, StepRunner, capacity_bucket, compiled_step
+        from ume_plugins.engine.slot_state import SlotOptions, SlotTensors, StepRunner, capacity_bucket, compiled_step
         from ume_plugins.engine.stages import Budget
         from ume_plugins.engine.step import decode_step
 
         mode = MODES[contender]
         spec = self.engine(mode, 1).spec
         budget = Budget(gen_emb_id=spec.gen_emb_id, eos_ids=(spec.pad_token_id,), max_new_tokens=self.high)
-        cuda = self.device.type == "cuda"
-        graphs = cuda and mode in ("cuda_graphs", "torch_compile")  # as the engine runs each mode
+        graphs = SlotOptions(compile=mode).graphs(self.device)  # as the engine runs each mode
         capacity = capacity_bucket(live + 1, graphs=graphs)
         slots = SlotTensors(self.model, budget, 1, capacity, False)
         slots.lengths.fill_(live)  # every step writes position `live` again and reads 0..live
@@ -439,9 +438,7 @@ class Bench:
             hidden = forward(decoder, slots.tokens, slots.lengths, slots.offsets, fed, slots.keys, slots.values)
             slots.logits.copy_(self.model.lm_head(hidden).float())
 
-        runner = StepRunner(
-            step, graphs, torch.cuda.graph_pool_handle() if graphs else None, torch.cuda.Stream() if graphs else None
-        )
+        runner = StepRunner(step, graphs, slots.graph_pool, torch.cuda.Stream() if graphs else None)
         with torch.inference_mode():
             for _ in range(5):
                 runner()
@@ -452,7 +449,7 @@ class Bench:
                 runner()
             self.sync()
             seconds = (time.perf_counter() - start) / repeats
-            return seconds, kernel_count(step) if cuda else None
+            return seconds, kernel_count(step) if self.device.type == "cuda" else None
 
     def cosine(self, contender: str, kind: str) -> None:
         """Lowest cosine between inputs' vectors batched (largest slot count run) and alone."""

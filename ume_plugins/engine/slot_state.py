@@ -103,6 +103,7 @@ class SlotTensors:
         layers, _, kv_heads, head_dim = decoder_shape(model)
         config = model.config.text_config
         device = model.device
+        cuda = device.type == "cuda"
         self.slots, self.capacity = slots, capacity
         self.ids = torch.zeros(slots, capacity, dtype=torch.long, device=device)
         self.lengths = torch.zeros(slots, dtype=torch.long, device=device)
@@ -115,11 +116,10 @@ class SlotTensors:
         # The graphs of one shape share a memory pool; a new shape takes a fresh one. Seen on an H200
         # (torch 2.11): once a shared pool's graphs were freed, every later capture into it failed
         # (`use_count > 0` assert): something allocated during a capture outlives its graphs.
-        self.graph_pool = torch.cuda.graph_pool_handle() if device.type == "cuda" else None
+        self.graph_pool = torch.cuda.graph_pool_handle() if cuda else None
         # A step ends by writing its flags here; two pinned host copies let the host read step t
         # while step t+1 is queued (see flags_to_host).
         self.flags = torch.zeros(3, slots, dtype=torch.bool, device=device)
-        cuda = device.type == "cuda"
         self._host_flags = [torch.zeros(3, slots, dtype=torch.bool, pin_memory=cuda) for _ in range(2 if cuda else 0)]
         self._events = [torch.cuda.Event() for _ in range(2 if cuda else 0)]
         old, index = source if source is not None else (None, None)
