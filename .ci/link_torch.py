@@ -19,15 +19,10 @@ import sysconfig
 from importlib.metadata import Distribution, distributions
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+from pins import normalised, torch_pins
+
 # torch, torchvision, and the packages torch pins to its own build: CUDA libraries and triton.
 SHARED = re.compile(r"^(torch|torchvision|triton|nvidia-.*|cuda-toolkit)$")
-
-
-def pinned_versions() -> dict[str, str]:
-    """The versions requirements/lock.in pins for torch and torchvision."""
-    text = (ROOT / "requirements" / "lock.in").read_text(encoding="utf-8")
-    return dict(re.findall(r"^(torch|torchvision)==(\S+)", text, flags=re.MULTILINE))
 
 
 def site_packages(venv: Path) -> Path:
@@ -35,15 +30,10 @@ def site_packages(venv: Path) -> Path:
     return Path(sysconfig.get_path("purelib", vars={"base": str(venv), "platbase": str(venv)}))
 
 
-def normalised(name: str) -> str:
-    """A distribution name as PEP 503 compares them."""
-    return re.sub(r"[-_.]+", "-", name).lower()
-
-
 def shared_distributions(source: Path) -> list[Distribution]:
     """The source's distributions to share, or none if its torch is not the pinned build."""
     found = {normalised(d.metadata["Name"]): d for d in distributions(path=[str(source)])}
-    pins = pinned_versions()
+    pins = torch_pins()
     if any(found.get(name) is None or found[name].version != version for name, version in pins.items()):
         return []
     return [d for name, d in found.items() if SHARED.match(name)]

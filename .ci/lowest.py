@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import tomllib
+from pins import normalised, torch_pins
 
 ROOT = Path(__file__).resolve().parent.parent
 EXTRAS = {"test", "video", "peft", "ray"}
@@ -28,17 +29,14 @@ def lower_bounds() -> dict[str, str]:
                 requirements += items
         for requirement in requirements:
             name, specifier = REQUIREMENT.match(requirement).groups()
-            name = re.sub(r"[-_.]+", "-", name).lower()
+            name = normalised(name)
             lower = re.search(r">=\s*([^,;\s]+)", specifier)
             if name in LOCAL or lower is None:
                 continue
             if name in bounds and bounds[name] != lower.group(1):
                 sys.exit(f"{name} has two lower bounds: {bounds[name]} and {lower.group(1)}")
             bounds[name] = lower.group(1)
-    for line in (ROOT / "requirements/lock.in").read_text(encoding="utf-8").splitlines():
-        pinned = re.match(r"^(torch|torchvision)==(\S+)$", line.strip())
-        if pinned:
-            bounds[pinned.group(1)] = pinned.group(2)
+    bounds.update(torch_pins())
     return bounds
 
 
