@@ -313,3 +313,30 @@ def test_idle_slots_keep_no_length_when_graph_buckets_shrink_the_cache(module, m
         written = alone.generated_ids[0, 0]
         assert torch.equal(batched.generated_ids[row, 0, : len(written)], written)
         assert cosines(batched.states[row], alone.states[0]).min() >= 0.9999
+
+
+def test_the_step_norms_round_where_transformers_rounds_and_hooks_still_see_them(module):
+    import copy
+
+    from ume_plugins.engine.step import rms_norm
+
+    decoder = module.model.model.language_model
+    generator = torch.Generator().manual_seed(0)
+    for dtype in (torch.float32, torch.bfloat16):
+        norm = copy.deepcopy(decoder.layers[0].post_attention_layernorm).to(dtype)
+        norm.weight.data.uniform_(0.5, 1.5, generator=generator)
+        hidden = (torch.randn(3, 1, norm.weight.shape[0], generator=generator) * 4).to(dtype)
+        with torch.inference_mode():
+            assert torch.equal(rms_norm(norm, hidden), norm(hidden))
+    seen = []
+    handle = decoder.layers[-1].post_attention_layernorm.register_forward_hook(lambda *args: seen.append(1))
+    config = decoder.config
+    shape = (1, config.num_key_value_heads, 64, config.hidden_size // config.num_attention_heads)
+    cache = [torch.zeros(shape) for _ in decoder.layers]
+    one = torch.ones(1, dtype=torch.long)
+    try:
+        with torch.inference_mode():
+            decode_step(decoder, one, one, one * 0, one.bool(), cache, [c.clone() for c in cache])
+    finally:
+        handle.remove()
+    assert seen == [1]

@@ -15,6 +15,13 @@ cache, so its arithmetic is the decoder's:
 Nothing in it synchronises with the host or allocates by data-dependent sizes, so it can be
 captured in a CUDA graph or compiled with ``torch.compile``. A slot that feeds nothing this step
 (empty or finished) writes to and attends to position 0 only: harmless, and never NaN.
+
+At batch 1 a step's time is set by how many kernels it launches, not by the bytes it reads, so
+what is the same for every layer is computed once per step (the attention mask as an additive
+bias, the signed sine of the rotation), and the checkpoint's RMS norms run as torch's fused
+``rms_norm`` with the rounding steps of transformers' own (about half of a layer's kernels
+otherwise). A norm that is not the stock one (an adapter around it), or that a hook watches,
+runs as its module.
 """
 
 from __future__ import annotations
@@ -49,19 +56,24 @@ def decode_step(
     write = torch.where(fed, lengths, torch.zeros_like(lengths))
     rows = torch.arange(slots, device=tokens.device)
     visible = torch.arange(capacity, device=tokens.device)[None] <= write[:, None]
-    mask = visible.view(slots, 1, 1, capacity)
     hidden = decoder.embed_tokens(tokens)[:, None]
+    # An additive mask built once: SDPA would convert a boolean one in every layer.
+    mask = torch.zeros(visible.shape, dtype=hidden.dtype, device=tokens.device).masked_fill_(~visible, -torch.inf)
+    mask = mask.view(slots, 1, 1, capacity)
     cos, sin = _rotary(decoder, hidden, (write + offsets).view(1, slots, 1).expand(3, slots, 1))
+    # rotate_half(x) * sin == roll(x, half) * signed_sin, exactly (a negation is exact).
+    half = sin.shape[-1] // 2
+    signed_sin = torch.cat([-sin[..., :half], sin[..., half:]], dim=-1)
     for layer, layer_keys, layer_values in zip(decoder.layers, keys, values, strict=True):
         attention = layer.self_attn
         kv_heads, head_dim = layer_keys.shape[1], layer_keys.shape[3]
-        normed = layer.input_layernorm(hidden)
+        normed = rms_norm(layer.input_layernorm, hidden)
         query = attention.q_proj(normed).view(slots, -1, head_dim)
         key = attention.k_proj(normed).view(slots, kv_heads, head_dim)
         value = attention.v_proj(normed).view(slots, kv_heads, head_dim)
         # Query and key heads rotated together: the same arithmetic in a third of the kernels.
         rotated = torch.cat([query, key], dim=1)
-        rotated = rotated * cos + _rotate_half(rotated) * sin
+        rotated = rotated * cos + torch.roll(rotated, half, dims=-1) * signed_sin
         heads = query.shape[1]
         query, key = rotated[:, :heads], rotated[:, heads:]
         layer_keys[rows, :, write] = key
@@ -72,8 +84,19 @@ def decode_step(
             grouped, layer_keys, layer_values, attn_mask=mask, scale=scale
         )
         hidden = hidden + attention.o_proj(out.reshape(slots, 1, heads * head_dim))
-        hidden = hidden + layer.mlp(layer.post_attention_layernorm(hidden))
-    return decoder.norm(hidden)[:, 0]
+        hidden = hidden + layer.mlp(rms_norm(layer.post_attention_layernorm, hidden))
+    return rms_norm(decoder.norm, hidden)[:, 0]
+
+
+_STOCK_NORMS = frozenset({"Qwen2RMSNorm", "Qwen2VLRMSNorm"})
+
+
+def rms_norm(norm: torch.nn.Module, hidden: torch.Tensor) -> torch.Tensor:
+    """``norm(hidden)``; transformers' RMS norm as torch's fused one, rounded where transformers rounds."""
+    if type(norm).__name__ not in _STOCK_NORMS or norm._forward_hooks or norm._forward_pre_hooks:
+        return norm(hidden)
+    normed = torch.nn.functional.rms_norm(hidden.float(), norm.weight.shape, eps=norm.variance_epsilon)
+    return norm.weight * normed.to(hidden.dtype)
 
 
 def _rotary(decoder: torch.nn.Module, hidden: torch.Tensor, positions: torch.Tensor) -> tuple[torch.Tensor, ...]:
@@ -91,8 +114,3 @@ def _rotary(decoder: torch.nn.Module, hidden: torch.Tensor, positions: torch.Ten
             torch.cat([part[i % 3] for i, part in enumerate(x.split(sections, dim=-1))], dim=-1) for x in (cos, sin)
         )
     return cos, sin
-
-
-def _rotate_half(x: torch.Tensor) -> torch.Tensor:
-    half = x.shape[-1] // 2
-    return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
