@@ -40,12 +40,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from gpu_model import Prompts, build_model, decode_bytes, mteb_encoder, mteb_wrapper, tokenizer
+from gpu_model import Prompts, build_model, mteb_encoder, mteb_wrapper, tokenizer
 from transformers import LogitsProcessorList
 from workload import ForcedReasoning, texts
 
 from ume_plugins.engine import Engine, EngineSpec
 from ume_plugins.engine.batching import model_inputs
+from ume_plugins.engine.hf_model import decode_bytes
 
 HERE = Path(__file__).resolve().parent
 SEED = 12

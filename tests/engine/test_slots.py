@@ -340,3 +340,49 @@ def test_the_step_norms_round_where_transformers_rounds_and_hooks_still_see_them
     finally:
         handle.remove()
     assert seen == [1]
+
+
+def test_graph_shapes_stay_while_their_padding_is_cheap_and_results_do_not_change(module, monkeypatch):
+    from ume_plugins.engine import slot_state
+    from ume_plugins.engine import slots as slot_engine
+
+    # The CUDA-graph shape policy on the CPU: shapes follow the graph buckets, steps stay eager.
+    monkeypatch.setattr(slot_state.SlotOptions, "graphs", lambda self, device: True)
+    monkeypatch.setattr(slot_engine, "StepRunner", lambda step, *graph_args: step)
+    monkeypatch.setattr(torch.cuda, "Stream", lambda: None)
+    shapes = []
+    init = slot_state.SlotTensors.__init__
+
+    def recording(self, model, budget, slots, capacity, *args, **kwargs):
+        shapes.append((slots, capacity))
+        init(self, model, budget, slots, capacity, *args, **kwargs)
+
+    monkeypatch.setattr(slot_state.SlotTensors, "__init__", recording)
+    kwargs = {"generation_kwargs": {"max_new_tokens": 200, "repetition_penalty": 1e6}}
+    runs = {}
+    for share in (0.0, 100.0):  # no padding allowed; any padding allowed
+        monkeypatch.setattr(slot_state, "PADDING_SHARE", share)
+        shapes.clear()
+        runs[share] = rollouts(module, [TEXT, "a cat"], "slots", spec={"max_slots": 1}, **kwargs), list(shapes)
+    (tight, tight_shapes), (roomy, roomy_shapes) = runs[0.0], runs[100.0]
+    assert len(roomy_shapes) == 1 < len(tight_shapes)  # one capture per call instead of one per bucket
+    assert roomy.generated_ids.shape[-1] > 128  # the rollouts outgrew the first bucket
+    assert_same(tight, roomy)
+
+
+def test_a_roomy_capacity_holds_what_is_needed_and_pads_only_within_the_headroom():
+    from ume_plugins.engine.slot_state import capacity_bucket, roomy_capacity
+
+    for needed in (1, 100, 129, 500, 3000):
+        for slots in (1, 4, 32):
+            for headroom in (0, 300, 5000, 10**9):
+                live = min(needed * slots, needed + 40 * (slots - 1))
+                for graphs in (True, False):
+                    capacity = roomy_capacity(needed, slots, live, 4000, headroom, graphs)
+                    least = capacity_bucket(needed, graphs)
+                    assert capacity_bucket(capacity, graphs) == capacity >= least
+                    assert capacity == least or slots * capacity - live <= headroom
+                    assert capacity <= max(least, capacity_bucket(4000, graphs))
+                    larger = capacity_bucket(capacity + 1, graphs)
+                    if capacity < capacity_bucket(4000, graphs):  # the next bucket would pad too much
+                        assert slots * larger - live > headroom
