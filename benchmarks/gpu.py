@@ -21,9 +21,9 @@ Contenders, each at slot/batch sizes 1, 8, 32, 64 as the time budget allows:
 Reported: items/s, decode tokens/s, peak GPU memory above the weights, decode steps against total
 tokens / slots, the % of the memory-bandwidth roofline of one decode step at batch 1 (weights plus
 live KV read per step, divided by the bandwidth of a device-to-device copy measured in the same
-run) with the GPU kernels that step launches, and the lowest cosine between an input's vector
-batched and alone (bf16). Each contender has a
-share of the time budget; a run predicted (from its warm-up) to overrun it is skipped and listed.
+run) with the GPU kernels that step launches (count, summed time, the costliest), and the lowest
+cosine between an input's vector batched and alone (bf16). Each contender has a share of the time
+budget; a run predicted (from its warm-up) to overrun it is skipped and listed.
 Results go to ``benchmarks/results/gpu-<device>.json`` and ``.md`` after every run.
 """
 
@@ -400,7 +400,7 @@ class Bench:
         name = f"{contender}, step alone" if contender.startswith("ours") else contender
         self.add_roofline(name, step, live, kernels)
 
-    def add_roofline(self, name: str, step: float, live: float, kernels: int | None = None) -> None:
+    def add_roofline(self, name: str, step: float, live: float, kernels: dict[str, Any] | None = None) -> None:
         """Record a decode step of ``step`` seconds reading the weights and ``live`` tokens of KV."""
         settings = self.results["settings"]
         read = settings["decode_weight_bytes"] + settings["kv_bytes_per_token"] * live
@@ -411,14 +411,16 @@ class Bench:
                 "live_tokens": live,
                 "bytes_per_step": read,
                 "percent_of_copy_bandwidth": 100 * read / (settings["copy_bandwidth_gbs"] * 1e9) / step,
-                "kernels_per_step": kernels,
+                "kernels_per_step": kernels and kernels["count"],
+                "kernel_busy_ms": kernels and kernels["busy_ms"],
+                "top_kernels": kernels and kernels["top"],
             }
         )
 
-    def slot_step_seconds(self, contender: str, live: int) -> tuple[float, int | None]:
+    def slot_step_seconds(self, contender: str, live: int) -> tuple[float, dict[str, Any] | None]:
         """Seconds of one slot-engine decode step (decoder + LM head) for one slot holding ``live`` tokens.
 
-        Also the GPU kernels one step launches (what its graph replays), or None on the CPU.
+        Also the profile of the GPU kernels one step launches (what its graph replays), or None on the CPU.
         """
         from ume_plugins.engine.slot_state import SlotOptions, SlotTensors, StepRunner, capacity_bucket, compiled_step
         from ume_plugins.engine.stages import Budget
@@ -450,7 +452,7 @@ class Bench:
                 runner()
             self.sync()
             seconds = (time.perf_counter() - start) / repeats
-            return seconds, kernel_count(step) if self.device.type == "cuda" else None
+            return seconds, kernel_profile(step) if self.device.type == "cuda" else None
 
     def cosine(self, contender: str, kind: str) -> None:
         """Lowest cosine between inputs' vectors batched (largest slot count run) and alone."""
@@ -568,11 +570,12 @@ def bandwidth(device: torch.device) -> float:
     return 2 * size / best
 
 
-def kernel_count(step: Any) -> int | None:
-    """GPU kernels one eager call of ``step`` launches (None if the profiler cannot tell).
+def kernel_profile(step: Any, top: int = 8) -> dict[str, Any] | None:
+    """The GPU kernels one eager call of ``step`` launches: how many, their summed time, the costliest.
 
-    At batch 1 a 2B model's layer reads its weights in microseconds, so the launch count, not the
-    bytes, sets the step time; this is the number each optimisation has to bring down.
+    At batch 1 a 2B model's layer reads its weights in microseconds, so launches and small kernels,
+    not bytes, set the step time. The summed kernel time against the replayed step's time tells
+    the two apart: what the kernels take versus the gaps between them. None if the profiler fails.
     """
     from torch.autograd import DeviceType
     from torch.profiler import ProfilerActivity, profile
@@ -581,11 +584,25 @@ def kernel_count(step: Any) -> int | None:
         with profile(activities=[ProfilerActivity.CUDA]) as profiler:
             step()
             torch.cuda.synchronize()
-        names = [event.name for event in profiler.events() if event.device_type == DeviceType.CUDA]
+        kernels = [
+            (event.name, event.device_time_total)
+            for event in profiler.events()
+            if event.device_type == DeviceType.CUDA and not event.name.lower().startswith(("memcpy", "memset"))
+        ]
     except Exception as error:  # a profiler problem must not cost the run its other numbers
-        print(f"kernel count unavailable: {error}", flush=True)
+        print(f"kernel profile unavailable: {error}", flush=True)
         return None
-    return sum(1 for name in names if not name.lower().startswith(("memcpy", "memset"))) or None
+    if not kernels:
+        return None
+    by_name: dict[str, list[float]] = {}
+    for name, microseconds in kernels:
+        by_name.setdefault(name, []).append(microseconds)
+    costliest = sorted(by_name.items(), key=lambda item: -sum(item[1]))[:top]
+    return {
+        "count": len(kernels),
+        "busy_ms": sum(microseconds for _, microseconds in kernels) / 1e3,
+        "top": [{"kernel": name[:90], "calls": len(times), "ms": sum(times) / 1e3} for name, times in costliest],
+    }
 
 
 def _as_eager(task: Task) -> Task:
@@ -627,15 +644,24 @@ def markdown(results: dict[str, Any]) -> str:
         )
     lines += [
         "",
-        "| decode step at batch 1 | ms | live tokens | bytes read | % of copy bandwidth (roofline) | kernels |",
-        "|---|---|---|---|---|---|",
+        "| decode step at batch 1 | ms | live tokens | bytes read | % of copy bandwidth (roofline) | kernels "
+        "| kernel-busy ms |",
+        "|---|---|---|---|---|---|---|",
     ]
     for row in results["roofline"]:
+        busy = row.get("kernel_busy_ms")
         lines.append(
             f"| {row['contender']} | {row['step_ms']:.2f} | {row['live_tokens']:.0f} "
             f"| {row['bytes_per_step'] / 1e9:.2f} GB | {row['percent_of_copy_bandwidth']:.0f}% "
-            f"| {row.get('kernels_per_step') or '-'} |"
+            f"| {row.get('kernels_per_step') or '-'} | {'-' if busy is None else f'{busy:.2f}'} |"
         )
+    profiled = [row for row in results["roofline"] if row.get("top_kernels")]
+    if profiled:
+        lines += ["", "| costliest kernels of a batch-1 step | kernel | calls | ms |", "|---|---|---|---|"]
+        for row in profiled:
+            for kernel in row["top_kernels"]:
+                name = kernel["kernel"].replace("|", "/")
+                lines.append(f"| {row['contender']} | `{name}` | {kernel['calls']} | {kernel['ms']:.3f} |")
     lines += ["", "| cosine, batched vs alone | inputs | batched slots | items | min |", "|---|---|---|---|---|"]
     for row in results["cosine"]:
         lines.append(
