@@ -1,6 +1,6 @@
 """ume-plugins throughput and memory on a CPU-sized random UME-R1, side by side, in one run.
 
-    .venv/bin/python benchmarks/run.py            # ~6 minutes on 2 cores
+    .venv/bin/python benchmarks/run.py            # ~17 minutes on 2 cores
     .venv/bin/python benchmarks/run.py --quick    # smaller budget, a smoke test
 
 Prints a markdown table and writes ``benchmarks/results/results.json`` and ``results.md``.
