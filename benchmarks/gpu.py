@@ -40,13 +40,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from gpu_model import Prompts, build_model, mteb_encoder, mteb_wrapper, tokenizer
+from gpu_model import Prompts, build_model, decode_bytes, mteb_encoder, mteb_wrapper, tokenizer
 from transformers import LogitsProcessorList
 from workload import ForcedReasoning, texts
 
 from ume_plugins.engine import Engine, EngineSpec
 from ume_plugins.engine.batching import model_inputs
-from ume_plugins.engine.hf_model import decode_bytes
 
 HERE = Path(__file__).resolve().parent
 SEED = 12
@@ -378,9 +377,11 @@ class Bench:
         """Time of one decode step at batch 1 and the share of the copy bandwidth it reaches.
 
         The slot engine's step is timed on its own: one slot, 400 live tokens, the step (decoder and
-        LM head) run as the engine runs it (eager, replayed CUDA graph, or compiled) 50 times; per-call
-        captures and compilation stay out. ``generate`` is timed as the difference of two calls that
-        differ only in their scripted length.
+        LM head) run as the engine runs it (eager, replayed CUDA graph, or compiled) 100 times; per-call
+        captures and compilation stay out. The primary contender's step is also timed over a cache 8x
+        longer than its live tokens: what reading padding costs at batch 1 (where attention runs on
+        a handful of thread blocks), the price of keeping one step shape for longer. ``generate`` is
+        timed as the difference of two calls that differ only in their scripted length.
         """
         kernels = None
         if contender.startswith("ours"):
@@ -399,6 +400,10 @@ class Bench:
             live = int(self.features(item)["attention_mask"].sum()) + (short + long) / 2
         name = f"{contender}, step alone" if contender.startswith("ours") else contender
         self.add_roofline(name, step, live, kernels)
+        if contender == self.primary:
+            padded = 8 * (live + 1)
+            seconds, profile = self.slot_step_seconds(contender, live, capacity=padded)
+            self.add_roofline(f"{name}, {padded}-position cache", seconds, live, profile)
 
     def add_roofline(self, name: str, step: float, live: float, kernels: dict[str, Any] | None = None) -> None:
         """Record a decode step of ``step`` seconds reading the weights and ``live`` tokens of KV."""
@@ -417,8 +422,12 @@ class Bench:
             }
         )
 
-    def slot_step_seconds(self, contender: str, live: int) -> tuple[float, dict[str, Any] | None]:
+    def slot_step_seconds(
+        self, contender: str, live: int, capacity: int | None = None
+    ) -> tuple[float, dict[str, Any] | None]:
         """Seconds of one slot-engine decode step (decoder + LM head) for one slot holding ``live`` tokens.
+
+        The cache holds ``capacity`` positions (default: the engine's bucket for ``live + 1``).
 
         Also the profile of the GPU kernels one step launches (what its graph replays); on the CPU, the
         count of aten operations it dispatches, the nearest stand-in.
@@ -431,7 +440,7 @@ class Bench:
         spec = self.engine(mode, 1).spec
         budget = Budget(gen_emb_id=spec.gen_emb_id, eos_ids=(spec.pad_token_id,), max_new_tokens=self.high)
         graphs = SlotOptions(compile=mode).graphs(self.device)  # as the engine runs each mode
-        capacity = capacity_bucket(live + 1, graphs=graphs)
+        capacity = capacity or capacity_bucket(live + 1, graphs=graphs)
         slots = SlotTensors(self.model, budget, 1, capacity, False)
         slots.lengths.fill_(live)  # every step writes position `live` again and reads 0..live
         fed = torch.ones(1, dtype=torch.bool, device=self.device)

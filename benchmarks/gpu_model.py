@@ -106,6 +106,17 @@ def build_model(tok: Any, device: torch.device, dtype: torch.dtype, quick: bool)
     return model
 
 
+def decode_bytes(model: torch.nn.Module) -> tuple[int, int]:
+    """Bytes a decode step must read: the decoder's weights (LM head included, tied ones once), and KV per token."""
+    decoder = model.model.language_model
+    tensors = {tensor.data_ptr(): tensor for tensor in [*decoder.parameters(), model.lm_head.weight]}
+    weights = sum(tensor.numel() * tensor.element_size() for tensor in tensors.values())
+    config = model.config.text_config
+    head_dim = config.hidden_size // config.num_attention_heads
+    per_token = 2 * config.num_hidden_layers * config.num_key_value_heads * head_dim * model.dtype.itemsize
+    return weights, per_token
+
+
 class Prompts:
     """UME-R1 prompts as the engine's features: the spec's layout, image pads expanded, random patches.
 

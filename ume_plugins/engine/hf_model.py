@@ -5,8 +5,7 @@
   output's cache field is read under the same name;
 - the prefill: one forward pass over left-padded prompts (vision tower included) with the 3-D
   M-RoPE positions ``generate`` would use, and each row's offset for the tokens that follow;
-- each layer's cached keys and values (``Cache.layers[i].keys`` / ``.values``, stable since 5.0);
-- the decoder's shape, and the bytes one decode step must read.
+- each layer's cached keys and values (``Cache.layers[i].keys`` / ``.values``, stable since 5.0).
 """
 
 from __future__ import annotations
@@ -85,19 +84,6 @@ def decoder_shape(model: torch.nn.Module) -> tuple[int, int, int, int]:
     config = model.config.text_config
     head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
     return config.num_hidden_layers, config.num_attention_heads, config.num_key_value_heads, head_dim
-
-
-def decode_bytes(model: torch.nn.Module) -> tuple[int, int]:
-    """Bytes one decode step must read: the decoder's weights, and the KV cache per cached position.
-
-    The weights are the layers', the final norm's and the LM head's (a tied embedding counted once;
-    of an untied one a step reads a single row). The KV bytes cover every layer's keys and values.
-    """
-    decoder = model.model.language_model
-    tensors = [*decoder.layers.parameters(), *decoder.norm.parameters(), model.lm_head.weight]
-    weights = sum(tensor.numel() * tensor.element_size() for tensor in {t.data_ptr(): t for t in tensors}.values())
-    layers, _, kv_heads, head_dim = decoder_shape(model)
-    return weights, 2 * layers * kv_heads * head_dim * model.dtype.itemsize
 
 
 def full_attention_only(model: torch.nn.Module) -> bool:

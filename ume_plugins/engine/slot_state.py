@@ -7,11 +7,7 @@ of them, so the buffers follow the longest live rollout (grown and shrunk a buck
 and finished slots are compacted away once no input waits. A step's cost thus tracks
 ``slots x bucket(longest live length)`` instead of a fixed maximum. Buckets are fine (multiples of
 64) when steps run eagerly; with CUDA graphs each shape costs a capture, so buckets grow by 1.5x
-and 2x steps (at most ~2 shapes per doubling) and slot counts are powers of two. A new shape then
-costs warm-up steps and a capture, so a shape is kept (or grown straight to a larger bucket) while
-its unused positions, summed over slots, read fewer bytes than 5% of the weights every step reads
-anyway (:func:`padding_headroom`): a call at a few slots runs at one or two shapes, while many slots
-still follow the live lengths bucket by bucket. Kernels that read
+and 2x steps (at most ~2 shapes per doubling) and slot counts are powers of two. Kernels that read
 each slot's own length (paged or FlexAttention kernels) would remove the remaining padding; they
 are not used because no such kernel is portable across the CPU, CUDA and the transformers window.
 """
@@ -25,7 +21,7 @@ from typing import Any
 
 import torch
 
-from ume_plugins.engine.hf_model import decode_bytes, decoder_shape
+from ume_plugins.engine.hf_model import decoder_shape
 from ume_plugins.engine.sampling import UniformStreams
 from ume_plugins.engine.stages import Budget, Stages
 from ume_plugins.engine.step import decode_step
@@ -76,43 +72,6 @@ def capacity_bucket(length: int, graphs: bool) -> int:
     while bucket < length:
         bucket = bucket * 3 // 2 if bucket & (bucket - 1) == 0 else bucket * 4 // 3
     return bucket
-
-
-PADDING_SHARE = 0.05
-
-
-def padding_headroom(model: torch.nn.Module, graphs: bool) -> int:
-    """Unused KV positions (summed over slots) a step may read so that its shape can stay.
-
-    ``PADDING_SHARE`` of the bytes of weights a step reads, in KV positions, when steps replay CUDA
-    graphs (a new shape costs warm-up steps and a capture); 0 for eager steps, which pay nothing
-    for a new shape.
-    """
-    if not graphs:
-        return 0
-    weights, per_position = decode_bytes(model)
-    return int(PADDING_SHARE * weights / per_position)
-
-
-def roomy_capacity(needed: int, slots: int, live: int, ceiling: int, headroom: int, graphs: bool) -> int:
-    """The capacity bucket for ``needed`` positions, grown while the padding stays within ``headroom``.
-
-    Args:
-        needed: Positions the capacity must hold.
-        slots: Slots of the shape.
-        live: Positions the live slots need, summed (unused ones: ``slots * capacity - live``).
-        ceiling: The most positions a slot of this call can need (no bucket beyond its own).
-        headroom: Unused positions allowed (see :func:`padding_headroom`).
-        graphs: Whether steps replay CUDA graphs (the bucket grid).
-    """
-    capacity = capacity_bucket(needed, graphs)
-    last = capacity_bucket(ceiling, graphs)
-    while capacity < last:
-        larger = capacity_bucket(capacity + 1, graphs)
-        if slots * larger - live > headroom:
-            break
-        capacity = larger
-    return capacity
 
 
 def slot_bucket(live: int, graphs: bool) -> int:

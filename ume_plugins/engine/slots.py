@@ -34,10 +34,9 @@ from ume_plugins.engine.slot_state import (
     SlotOptions,
     SlotTensors,
     StepRunner,
+    capacity_bucket,
     compiled_step,
-    padding_headroom,
     right_aligned,
-    roomy_capacity,
     slot_bucket,
 )
 from ume_plugins.engine.stages import Budget
@@ -92,11 +91,10 @@ class SlotRun:
         self.prompts: dict[int, Prompt] = {}
         slots = min(options.max_slots, count)
         longest = max(len(ids) for ids in self.prompt_ids)
-        self.headroom = padding_headroom(model, self.graphs)
-        self.ceiling = longest + budget.max_new_tokens + 2  # a prompt, every fed token, the next one's room
+        capacity = capacity_bucket(longest + 1, self.graphs)
+        self.t = SlotTensors(model, budget, slots, capacity, config.do_sample)
         self.rollout_of: list[int] = [-1] * slots  # -1: free
         self.start = [0] * slots
-        self.t = SlotTensors(model, budget, slots, self._capacity(longest + 1, slots), config.do_sample)
         hidden = model.config.text_config.hidden_size
         self.states = torch.zeros(count, hidden, dtype=torch.float32, device=model.device)
         with_disc = disc_emb_id is not None
@@ -259,39 +257,30 @@ class SlotRun:
         )
         self.prompts.update(prompts)
 
-    def _needs(self) -> list[int]:
-        """Cache positions each live slot can need at the next step (the host's upper bound)."""
-        return [
-            len(self.prompt_ids[r // self.num_samples]) + self._fed(s) + 1
-            for s, r in enumerate(self.rollout_of)
-            if r >= 0
-        ]
-
     def _live_length(self) -> int:
-        """Longest cache a live slot can need at the next step."""
-        return max(self._needs(), default=1)
-
-    def _capacity(self, needed: int, slots: int) -> int:
-        """The capacity for ``needed`` positions at ``slots`` slots (see :func:`roomy_capacity`)."""
-        return roomy_capacity(needed, slots, sum(self._needs()), self.ceiling, self.headroom, self.graphs)
+        """Longest cache a live slot can need at the next step (the host's upper bound)."""
+        return max(
+            (
+                len(self.prompt_ids[r // self.num_samples]) + self._fed(s) + 1
+                for s, r in enumerate(self.rollout_of)
+                if r >= 0
+            ),
+            default=1,
+        )
 
     def _fit_capacity(self, needed: int = 0) -> None:
         """Grow the KV capacity when the next step (or a prompt) would not fit."""
         needed = max(needed, self._live_length())
         if needed > self.t.capacity:
-            self._resize(list(range(self.t.slots)), self.t.slots, self._capacity(needed, self.t.slots))
+            self._resize(list(range(self.t.slots)), self.t.slots, capacity_bucket(needed, self.graphs))
 
     def _reshape(self) -> None:
-        """Shrink the capacity to the live rollouts' bucket, and drop idle slots once nothing waits.
-
-        A shape whose unused positions stay within the headroom is kept (with CUDA graphs a new
-        shape costs a capture).
-        """
+        """Shrink the capacity to the live rollouts' bucket, and drop idle slots once nothing waits."""
         live = [slot for slot, rollout in enumerate(self.rollout_of) if rollout >= 0]
-        if not live or self.t.slots * self.t.capacity - sum(self._needs()) <= self.headroom:
+        if not live:
             return
+        capacity = capacity_bucket(self._live_length(), self.graphs)
         slots = self.t.slots if self.queue else slot_bucket(len(live), self.graphs)
-        capacity = self._capacity(self._live_length(), slots)
         shrink = capacity < self.t.capacity and (self.graphs or capacity <= self.t.capacity * 3 // 4)
         if slots < self.t.slots or shrink:
             capacity = min(capacity, self.t.capacity) if shrink else self.t.capacity
