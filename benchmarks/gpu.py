@@ -54,6 +54,7 @@ QUICK_SIZES = (1, 4, 8, 16)
 
 
 # ("run", contender, inputs, size, items[, longest reasoning]) | ("roofline", contender) | ("cosine", contender, inputs)
+# | ("kept", contender): GPU memory that finished calls leave behind
 Task = tuple
 
 
@@ -82,6 +83,7 @@ def make_plan(sizes: tuple[int, ...]) -> tuple[dict[str, float], list[Task]]:
         ("run", "mteb", "text", small, small, PAIR_HIGH),
         ("run", "ours-graphs", "text", small, 2 * small),
         ("cosine", "ours-graphs", "text"),
+        ("kept", "ours-graphs"),
         ("roofline", "ours-compile"),
         ("run", "ours-compile", "text", one, 2),
         ("run", "ours-graphs", "text+image", one, 2),
@@ -206,6 +208,10 @@ class Bench:
                     # Inductor's compilation happens in the first compiled task: it is the contender's cost.
                     share = contender if contender == "ours-compile" else "roofline"
                     self.guard(contender, "roofline", 1, lambda c=contender: self.roofline(c), share=share)
+            elif task[0] == "kept":
+                contender = task[1]
+                if contender in self.contenders and self.device.type == "cuda":
+                    self.guard(contender, "memory kept by calls", 1, lambda c=contender: self.kept(c), share="cosine")
             elif task[0] == "cosine":
                 _, contender, kind = task
                 if contender in self.contenders and self.batched_run(contender, kind):
@@ -464,6 +470,30 @@ class Bench:
             seconds = (time.perf_counter() - start) / repeats
             return seconds, kernel_profile(step) if self.device.type == "cuda" else {"count": aten_op_count(step)}
 
+    def kept(self, contender: str, calls: int = 20) -> None:
+        """GPU memory still held after ``calls`` more short batch-1 calls (allocated and reserved, caches emptied).
+
+        Each call captures graphs of its own (a memory pool per step shape) on a capture stream;
+        nothing of a finished call should stay behind.
+        """
+        item, forced = self.items["text"][:1], ForcedReasoning(self.tok, 32)
+
+        def after(count: int) -> tuple[int, int]:
+            for _ in range(count):
+                self.execute(contender, item, 1, forced)
+            self.sync()
+            torch.cuda.empty_cache()
+            return torch.cuda.memory_allocated(), torch.cuda.memory_reserved()
+
+        first = after(3)
+        last = after(calls)
+        self.results["kept"] = {
+            "contender": contender,
+            "calls": calls,
+            "allocated_mib": (last[0] - first[0]) / 2**20,
+            "reserved_mib": (last[1] - first[1]) / 2**20,
+        }
+
     def cosine(self, contender: str, kind: str) -> None:
         """Lowest cosine between inputs' vectors batched (largest slot count run) and alone."""
         batched = [key for key in self.states if key[0] == contender and key[1] == kind and key[2] > 1 and key[3] >= 3]
@@ -697,6 +727,13 @@ def markdown(results: dict[str, Any]) -> str:
         lines.append(
             f"| {row['contender']} | {row['inputs']} | {row['batched_size']} | {row['items']} | {row['min']:.4f} |"
         )
+    kept = results.get("kept")
+    if kept:
+        lines += [
+            "",
+            f"Memory kept by {kept['calls']} more batch-1 calls ({kept['contender']}, 32 tokens each): "
+            f"{kept['allocated_mib']:+.1f} MiB allocated, {kept['reserved_mib']:+.1f} MiB reserved.",
+        ]
     lines += ["", *_ratios(results)]
     if results.get("mteb_origin"):
         lines += ["", f"mteb contender: {results['mteb_origin']}."]
