@@ -216,8 +216,8 @@ class StepRunner:
         try:
             # One capture stream for all of a call's graphs; one pool per shape (see SlotTensors).
             # A shape's graph is freed before the next shape's is captured, never kept beside it:
-            # torch frees a stream's cuBLAS workspace with any graph captured on it, which breaks
-            # other live graphs of that stream (pytorch/pytorch#193402).
+            # recent torch releases free a stream's cuBLAS workspace when a graph captured on it is
+            # destroyed, which can break the stream's other live graphs (pytorch/pytorch#193402).
             with torch.cuda.graph(graph, pool=self.pool, stream=self.stream):
                 self.step()
         except RuntimeError as error:
