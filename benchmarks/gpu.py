@@ -41,6 +41,8 @@ from typing import Any
 
 import torch
 from gpu_model import Prompts, build_model, decode_bytes, mteb_encoder, mteb_wrapper, tokenizer
+from gpu_probes import aten_op_count, bandwidth, kernel_profile
+from gpu_report import markdown
 from transformers import LogitsProcessorList
 from workload import ForcedReasoning, texts
 
@@ -591,80 +593,6 @@ class _ForcedGenerate:
         return getattr(self._model, name)
 
 
-def bandwidth(device: torch.device) -> float:
-    """Bytes per second of a device-to-device copy (read + write), best of a few."""
-    size = (1 << 30) if device.type == "cuda" else (1 << 27)
-    source = torch.empty(size, dtype=torch.uint8, device=device)
-    target = torch.empty_like(source)
-    best = float("inf")
-    for _ in range(3 if device.type == "cuda" else 2):
-        target.copy_(source)
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        start = time.perf_counter()
-        for _ in range(10):
-            target.copy_(source)
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        best = min(best, (time.perf_counter() - start) / 10)
-    return 2 * size / best
-
-
-def kernel_profile(step: Any, top: int = 8) -> dict[str, Any] | None:
-    """The GPU kernels one eager call of ``step`` launches: how many, their summed time, the costliest.
-
-    At batch 1 a 2B model's layer reads its weights in microseconds, so launches and small kernels,
-    not bytes, set the step time. The summed kernel time against the replayed step's time tells
-    the two apart: what the kernels take versus the gaps between them. None if the profiler fails.
-    """
-    from torch.autograd import DeviceType
-    from torch.profiler import ProfilerActivity, profile
-
-    try:
-        with profile(activities=[ProfilerActivity.CUDA]) as profiler:
-            step()
-            torch.cuda.synchronize()
-        kernels = [
-            (event.name, event.device_time_total)
-            for event in profiler.events()
-            if event.device_type == DeviceType.CUDA and not event.name.lower().startswith(("memcpy", "memset"))
-        ]
-    except Exception as error:  # a profiler problem must not cost the run its other numbers
-        print(f"kernel profile unavailable: {error}", flush=True)
-        return None
-    if not kernels:
-        return None
-    by_name: dict[str, list[float]] = {}
-    for name, microseconds in kernels:
-        by_name.setdefault(name, []).append(microseconds)
-    costliest = sorted(by_name.items(), key=lambda item: -sum(item[1]))[:top]
-    return {
-        "count": len(kernels),
-        "busy_ms": sum(microseconds for _, microseconds in kernels) / 1e3,
-        "top": [{"kernel": name[:90], "calls": len(times), "ms": sum(times) / 1e3} for name, times in costliest],
-    }
-
-
-def aten_op_count(step: Any) -> int:
-    """Computing aten operations (views aside) one call of ``step`` dispatches: kernels, counted on the CPU."""
-    from torch.utils._python_dispatch import TorchDispatchMode
-
-    class Counter(TorchDispatchMode):
-        count = 0
-
-        def __torch_dispatch__(self, func: Any, types: Any, args: tuple = (), kwargs: dict | None = None) -> Any:
-            out = func(*args, **(kwargs or {}))
-            inputs = {arg.untyped_storage().data_ptr() for arg in args if isinstance(arg, torch.Tensor)}
-            aliased = isinstance(out, torch.Tensor) and out.untyped_storage().data_ptr() in inputs
-            if func._schema.name.endswith("_") or not aliased:  # in place, or a new tensor
-                Counter.count += 1
-            return out
-
-    with torch.inference_mode(), Counter():
-        step()
-    return Counter.count
-
-
 def _as_eager(task: Task) -> Task:
     """A CUDA-graph task as the CPU runs it (eagerly); compiled tasks are dropped with their contender."""
     return tuple("ours-eager" if part == "ours-graphs" else part for part in task)
@@ -676,91 +604,6 @@ def _square_images(count: int, side: int) -> list:
 
     rng = random.Random(SEED)
     return [Image.frombytes("RGB", (side, side), rng.randbytes(side * side * 3)) for _ in range(count)]
-
-
-def markdown(results: dict[str, Any]) -> str:
-    """The results as markdown tables."""
-    settings = results["settings"]
-    lines = [
-        f"Device: **{settings['device']}**, torch {settings['torch']}, transformers {settings['transformers']}. "
-        f"{settings['model']}, {settings['parameters'] / 1e9:.2f} B parameters, {settings['dtype']}; scripted "
-        f"reasoning lengths {settings['lengths'][0]}-{settings['lengths'][1]} tokens (seeded); copy bandwidth "
-        f"{settings['copy_bandwidth_gbs']:.0f} GB/s; a decode step reads "
-        f"{settings['decode_weight_bytes'] / 1e9:.2f} GB of weights + "
-        f"{settings['kv_bytes_per_token'] / 1e3:.1f} KB of KV per live token; "
-        f"total {results.get('seconds', 0):.0f} s of a {settings['budget_s']:.0f} s budget.",
-        "",
-        "| contender | inputs | reasoning tokens | slots / batch | items | items/s | decode tok/s "
-        "| peak GiB above weights | decode steps | steps / (tokens / slots) |",
-        "|---|---|---|---|---|---|---|---|---|---|",
-    ]
-    for run in results["runs"]:
-        peak = "-" if run["peak_gib_above_weights"] is None else f"{run['peak_gib_above_weights']:.2f}"
-        note = f" ({run['note']})" if run.get("note") else ""
-        lines.append(
-            f"| {run['contender']}{note} | {run['inputs']} | {'-'.join(map(str, run['lengths']))} | {run['size']} "
-            f"| {run['items']} | {run['items_per_s']:.3f} "
-            f"| {run['decode_tokens_per_s']:.0f} | {peak} | {run['decode_steps']} | {run['steps_vs_ideal']:.2f} |"
-        )
-    lines += [
-        "",
-        "| decode step at batch 1 | ms | live tokens | bytes read | % of copy bandwidth (roofline) "
-        "| kernels (CPU: aten ops) | kernel-busy ms |",
-        "|---|---|---|---|---|---|---|",
-    ]
-    for row in results["roofline"]:
-        busy = row.get("kernel_busy_ms")
-        lines.append(
-            f"| {row['contender']} | {row['step_ms']:.2f} | {row['live_tokens']:.0f} "
-            f"| {row['bytes_per_step'] / 1e9:.2f} GB | {row['percent_of_copy_bandwidth']:.0f}% "
-            f"| {row.get('kernels_per_step') or '-'} | {'-' if busy is None else f'{busy:.2f}'} |"
-        )
-    profiled = [row for row in results["roofline"] if row.get("top_kernels")]
-    if profiled:
-        lines += ["", "| costliest kernels of a batch-1 step | kernel | calls | ms |", "|---|---|---|---|"]
-        for row in profiled:
-            for kernel in row["top_kernels"]:
-                name = kernel["kernel"].replace("|", "/")
-                lines.append(f"| {row['contender']} | `{name}` | {kernel['calls']} | {kernel['ms']:.3f} |")
-    lines += ["", "| cosine, batched vs alone | inputs | batched slots | items | min |", "|---|---|---|---|---|"]
-    for row in results["cosine"]:
-        lines.append(
-            f"| {row['contender']} | {row['inputs']} | {row['batched_size']} | {row['items']} | {row['min']:.4f} |"
-        )
-    kept = results.get("kept")
-    if kept:
-        lines += [
-            "",
-            f"Memory kept by {kept['calls']} more batch-1 calls ({kept['contender']}, 32 tokens each): "
-            f"{kept['allocated_mib']:+.1f} MiB allocated, {kept['reserved_mib']:+.1f} MiB reserved.",
-        ]
-    lines += ["", *_ratios(results)]
-    if results.get("mteb_origin"):
-        lines += ["", f"mteb contender: {results['mteb_origin']}."]
-    if results["skipped"]:
-        lines += ["", "| not run | inputs | size | why |", "|---|---|---|---|"]
-        for row in results["skipped"]:
-            lines.append(f"| {row['contender']} | {row['inputs']} | {row['size']} | {row['why']} |")
-    return "\n".join(lines) + "\n"
-
-
-def _ratios(results: dict[str, Any]) -> list[str]:
-    """Items/s of the slot engine over each other contender on the same inputs and size."""
-
-    def key(run: dict[str, Any]) -> tuple:
-        return run["inputs"], tuple(run["lengths"]), run["size"], run["items"]
-
-    runs = {(run["contender"], *key(run)): run for run in results["runs"]}
-    lines = ["| ours items/s over | inputs | reasoning tokens | size | items | ratio |", "|---|---|---|---|---|---|"]
-    for run in results["runs"]:
-        for mine in ("ours-graphs", "ours-compile", "ours-eager"):
-            ours = runs.get((mine, *key(run)))
-            if ours is not None and not run["contender"].startswith("ours"):
-                kind, lengths, size, items = key(run)
-                ratio = ours["items_per_s"] / run["items_per_s"]
-                span = "-".join(map(str, lengths))
-                lines.append(f"| {mine} over {run['contender']} | {kind} | {span} | {size} | {items} | {ratio:.2f}x |")
-    return lines
 
 
 if __name__ == "__main__":
