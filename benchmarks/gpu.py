@@ -124,6 +124,12 @@ def main() -> None:
     parser.add_argument("--contenders", default=",".join(CONTENDERS), help="comma-separated subset")
     parser.add_argument("--mteb-wheel", help="mteb wheel to read UMER1Wrapper from when mteb does not import")
     parser.add_argument("--out", type=Path, default=HERE / "results")
+    parser.add_argument(
+        "--compile-variants",
+        action="store_true",
+        help="also time the batch-1 step compiled for static shapes (with and without coordinate-descent "
+        "tuning): each compiles anew, ~30-60 s on a GPU",
+    )
     options = parser.parse_args()
     Bench(options).run()
 
@@ -148,6 +154,7 @@ class Bench:
         self.shares = {name: share / active for name, share in shares.items()}
         self.primary = "ours-graphs" if "ours-graphs" in self.contenders else "ours-eager"
         self.mteb_wheel, self.out = options.mteb_wheel, options.out
+        self.compile_variants = options.compile_variants
         self.low, self.high = (16, 64) if self.quick else (64, 1024)
         self.results: dict[str, Any] = {"runs": [], "skipped": [], "roofline": [], "cosine": []}
         self.states: dict[tuple[str, str, int, int, int], torch.Tensor] = {}  # contender, inputs, size, items, high
@@ -412,6 +419,27 @@ class Bench:
             padded = 8 * (live + 1)
             seconds, profile = self.slot_step_seconds(contender, live, capacity=padded)
             self.add_roofline(f"{name}, {padded}-position cache", seconds, live, profile)
+        if contender == "ours-compile" and self.compile_variants:
+            self.compile_variant_rooflines(name, live)
+
+    def compile_variant_rooflines(self, name: str, live: int) -> None:
+        """The batch-1 step compiled for its one shape, as the engine's dynamic-shape compilation cannot.
+
+        With static shapes inductor knows the slot count is 1 and can specialise its kernels (and
+        tune them by coordinate descent); the engine compiles once for every slot count and
+        capacity. If this is much faster, compiling per slot bucket is worth its extra compilations.
+        """
+        import torch._inductor.config as inductor_config
+
+        from ume_plugins.engine.step import decode_step
+
+        for label, tuning in (("static shapes", False), ("static shapes, coordinate-descent tuning", True)):
+            forward = torch.compile(decode_step, dynamic=False)
+            started = time.perf_counter()
+            with inductor_config.patch(coordinate_descent_tuning=tuning):
+                seconds, profile = self.slot_step_seconds("ours-compile", live, forward=forward)
+            print(f"{name}, {label}: compiled and timed in {time.perf_counter() - started:.0f} s", flush=True)
+            self.add_roofline(f"{name}, {label}", seconds, live, profile)
 
     def add_roofline(self, name: str, step: float, live: float, kernels: dict[str, Any] | None = None) -> None:
         """Record a decode step of ``step`` seconds reading the weights and ``live`` tokens of KV."""
@@ -431,11 +459,12 @@ class Bench:
         )
 
     def slot_step_seconds(
-        self, contender: str, live: int, capacity: int | None = None
+        self, contender: str, live: int, capacity: int | None = None, forward: Any = None
     ) -> tuple[float, dict[str, Any] | None]:
         """Seconds of one slot-engine decode step (decoder + LM head) for one slot holding ``live`` tokens.
 
-        The cache holds ``capacity`` positions (default: the engine's bucket for ``live + 1``).
+        The cache holds ``capacity`` positions (default: the engine's bucket for ``live + 1``);
+        ``forward`` replaces the decoder step the contender runs (default: the engine's).
 
         Also the profile of the GPU kernels one step launches (what its graph replays); on the CPU, the
         count of aten operations it dispatches, the nearest stand-in.
@@ -452,7 +481,7 @@ class Bench:
         slots = SlotTensors(self.model, budget, 1, capacity, False)
         slots.lengths.fill_(live)  # every step writes position `live` again and reads 0..live
         fed = torch.ones(1, dtype=torch.bool, device=self.device)
-        forward = compiled_step(None, self.device) if mode == "torch_compile" else decode_step
+        forward = forward or (compiled_step(None, self.device) if mode == "torch_compile" else decode_step)
         decoder = self.model.model.language_model
 
         def step() -> None:
