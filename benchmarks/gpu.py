@@ -64,8 +64,8 @@ def make_plan(sizes: tuple[int, ...]) -> tuple[dict[str, float], list[Task]]:
     """Each contender's share of the time budget, and every task, most informative first.
 
     The acceptance numbers come first: the batch-1 roofline, ours against mteb's wrapper on one
-    batch of ``small`` mixed-length inputs, and the batched-vs-alone cosines. ``roofline`` and
-    ``cosine`` have shares of their own: measuring them never eats a contender's runs.
+    batch of ``small`` mixed-length inputs, and the batched-vs-alone cosines. ``roofline``,
+    ``cosine`` and ``kept`` have shares of their own: measuring them never eats a contender's runs.
     """
     one, small, large, largest = sizes
     shares = {
@@ -77,6 +77,7 @@ def make_plan(sizes: tuple[int, ...]) -> tuple[dict[str, float], list[Task]]:
         "ours-eager": 0.04,
         "roofline": 0.07,
         "cosine": 0.07,
+        "kept": 0.02,
     }
     tasks: list[Task] = [
         ("roofline", "ours-graphs"),
@@ -150,7 +151,7 @@ class Bench:
             self.contenders = [name for name in self.contenders if name not in ("ours-graphs", "ours-compile")]
             shares["ours-eager"] += shares["ours-graphs"]
             self.tasks = [_as_eager(task) for task in self.tasks]
-        active = sum(shares[name] for name in [*self.contenders, "roofline", "cosine"])
+        active = sum(shares[name] for name in [*self.contenders, "roofline", "cosine", "kept"])
         self.shares = {name: share / active for name, share in shares.items()}
         self.primary = "ours-graphs" if "ours-graphs" in self.contenders else "ours-eager"
         self.mteb_wheel, self.out = options.mteb_wheel, options.out
@@ -189,7 +190,7 @@ class Bench:
         }
         for contender in self.contenders:
             self.results.setdefault("budget_s_by_contender", {})[contender] = self.shares[contender] * self.budget
-        self.used = dict.fromkeys([*self.contenders, "roofline", "cosine"], 0.0)
+        self.used = dict.fromkeys([*self.contenders, "roofline", "cosine", "kept"], 0.0)
         self.plan()
         self.results["seconds"] = time.perf_counter() - self.started
         self.write()
@@ -220,7 +221,7 @@ class Bench:
             elif task[0] == "kept":
                 contender = task[1]
                 if contender in self.contenders and self.device.type == "cuda":
-                    self.guard(contender, "memory kept by calls", 1, lambda c=contender: self.kept(c), share="cosine")
+                    self.guard(contender, "memory kept by calls", 1, lambda c=contender: self.kept(c), share="kept")
             elif task[0] == "cosine":
                 _, contender, kind = task
                 if contender in self.contenders and self.batched_run(contender, kind):
