@@ -394,8 +394,8 @@ class Bench:
 
         The slot engine's step is timed on its own: one slot, 400 live tokens, the step (decoder and
         LM head) run as the engine runs it (eager, replayed CUDA graph, or compiled) 100 times; per-call
-        captures and compilation stay out. The primary contender's step is also timed over a cache 8x
-        longer than its live tokens: what reading padding costs at batch 1 (where attention runs on
+        captures and compilation stay out. The primary contender's step is also timed over the cache
+        bucket for 8x its live tokens: what reading padding costs at batch 1 (where attention runs on
         a handful of thread blocks), the price of keeping one step shape for longer. ``generate`` is
         timed as the difference of two calls that differ only in their scripted length.
         """
@@ -417,9 +417,8 @@ class Bench:
         name = f"{contender}, step alone" if contender.startswith("ours") else contender
         self.add_roofline(name, step, live, kernels)
         if contender == self.primary:
-            padded = 8 * (live + 1)
-            seconds, profile = self.slot_step_seconds(contender, live, capacity=padded)
-            self.add_roofline(f"{name}, {padded}-position cache", seconds, live, profile)
+            seconds, profile = self.slot_step_seconds(contender, live, holds=8 * (live + 1))
+            self.add_roofline(f"{name}, cache bucket for 8x its tokens", seconds, live, profile)
         if contender == "ours-compile" and self.compile_variants:
             self.compile_variant_rooflines(name, live)
 
@@ -460,11 +459,11 @@ class Bench:
         )
 
     def slot_step_seconds(
-        self, contender: str, live: int, capacity: int | None = None, forward: Any = None
+        self, contender: str, live: int, holds: int | None = None, forward: Any = None
     ) -> tuple[float, dict[str, Any] | None]:
         """Seconds of one slot-engine decode step (decoder + LM head) for one slot holding ``live`` tokens.
 
-        The cache holds ``capacity`` positions (default: the engine's bucket for ``live + 1``);
+        The cache is the engine's bucket for ``holds`` positions (default ``live + 1``);
         ``forward`` replaces the decoder step the contender runs (default: the engine's).
 
         Also the profile of the GPU kernels one step launches (what its graph replays); on the CPU, the
@@ -478,7 +477,7 @@ class Bench:
         spec = self.engine(mode, 1).spec
         budget = Budget(gen_emb_id=spec.gen_emb_id, eos_ids=(spec.pad_token_id,), max_new_tokens=self.high)
         graphs = SlotOptions(compile=mode).graphs(self.device)  # as the engine runs each mode
-        capacity = capacity or capacity_bucket(live + 1, graphs=graphs)
+        capacity = capacity_bucket(holds or live + 1, graphs=graphs)
         slots = SlotTensors(self.model, budget, 1, capacity, False)
         slots.lengths.fill_(live)  # every step writes position `live` again and reads 0..live
         fed = torch.ones(1, dtype=torch.bool, device=self.device)
@@ -512,8 +511,7 @@ class Bench:
 
         def after(count: int) -> tuple[int, int]:
             for _ in range(count):
-                self.execute(contender, item, 1, forced)
-            self.sync()
+                self.execute(contender, item, 1, forced)  # ends synchronised
             torch.cuda.empty_cache()
             return torch.cuda.memory_allocated(), torch.cuda.memory_reserved()
 

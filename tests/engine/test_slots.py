@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import copy
 import math
 from dataclasses import replace
 
@@ -9,7 +10,7 @@ from transformers import LogitsProcessor
 
 from tests.conftest import REASONING, ScriptedDecoding, gradient, solid
 from ume_plugins.engine import Engine
-from ume_plugins.engine.step import decode_step
+from ume_plugins.engine.step import decode_step, rms_norm
 
 TEXT = "a red fox jumps over the fence"
 IMAGE = gradient((84, 56), seed=3)
@@ -316,10 +317,6 @@ def test_idle_slots_keep_no_length_when_graph_buckets_shrink_the_cache(module, m
 
 
 def test_the_step_norms_round_where_transformers_rounds_and_hooks_still_see_them(module):
-    import copy
-
-    from ume_plugins.engine.step import rms_norm
-
     decoder = module.model.model.language_model
     generator = torch.Generator().manual_seed(0)
     for dtype in (torch.float32, torch.bfloat16):
