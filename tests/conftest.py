@@ -7,6 +7,11 @@ import torch
 from PIL import Image
 from transformers import LogitsProcessor
 
+# Without a GPU, Triton kernels (the decode attention) run only in Triton's interpreter, which Triton
+# picks once, when first imported: turn it on before anything imports Triton.
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     if os.environ.get("UME_SLOW") == "1":
