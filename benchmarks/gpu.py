@@ -70,8 +70,8 @@ def make_plan(sizes: tuple[int, ...]) -> tuple[dict[str, float], list[Task]]:
     one, small, large, largest = sizes
     shares = {
         "ours-graphs": 0.18,
-        "ours-compile": 0.25,
-        "mteb": 0.3,
+        "ours-compile": 0.2,
+        "mteb": 0.4,  # mteb keeps every step's hidden states: its one batch is the slowest run
         "generate": 0.05,
         "reference": 0.04,
         "ours-eager": 0.04,
@@ -112,7 +112,7 @@ def make_plan(sizes: tuple[int, ...]) -> tuple[dict[str, float], list[Task]]:
 
 PAIR_HIGH = 512  # the mteb comparison's longest reasoning: one batch of mteb at 64-1024 outruns the budget
 CONTENDERS = ("ours-graphs", "ours-compile", "ours-eager", "reference", "generate", "mteb")
-COMPILE_RESERVE_S = 150  # inductor compiles the 28-layer step (dynamic shapes) before its first run
+COMPILE_RESERVE_S = 60  # inductor compiled the 28-layer step (dynamic shapes) in ~31 s on an H200
 SAFETY = 1.25  # predictions come from short calibration runs; long contexts cost a little more per step
 ROOFLINE = ("ours-graphs", "ours-compile", "ours-eager", "generate")
 MODES = {"ours-graphs": "cuda_graphs", "ours-compile": "torch_compile", "ours-eager": "eager"}
@@ -125,12 +125,6 @@ def main() -> None:
     parser.add_argument("--contenders", default=",".join(CONTENDERS), help="comma-separated subset")
     parser.add_argument("--mteb-wheel", help="mteb wheel to read UMER1Wrapper from when mteb does not import")
     parser.add_argument("--out", type=Path, default=HERE / "results")
-    parser.add_argument(
-        "--compile-variants",
-        action="store_true",
-        help="also time the batch-1 step compiled for static shapes (with and without coordinate-descent "
-        "tuning): each compiles anew, ~30-60 s on a GPU",
-    )
     options = parser.parse_args()
     Bench(options).run()
 
@@ -155,7 +149,6 @@ class Bench:
         self.shares = {name: share / active for name, share in shares.items()}
         self.primary = "ours-graphs" if "ours-graphs" in self.contenders else "ours-eager"
         self.mteb_wheel, self.out = options.mteb_wheel, options.out
-        self.compile_variants = options.compile_variants
         self.low, self.high = (16, 64) if self.quick else (64, 1024)
         self.results: dict[str, Any] = {"runs": [], "skipped": [], "roofline": [], "cosine": []}
         self.states: dict[tuple[str, str, int, int, int], torch.Tensor] = {}  # contender, inputs, size, items, high
@@ -181,6 +174,7 @@ class Bench:
             "kv_bytes_per_token": per_token,
             "copy_bandwidth_gbs": bandwidth(self.device) / 1e9,
             "budget_s": self.budget,
+            "step_paths": self.step_paths(),
         }
         words = texts(128, seed=SEED)
         pictures = _square_images(128, 112 if self.quick else 448)
@@ -195,6 +189,13 @@ class Bench:
         self.results["seconds"] = time.perf_counter() - self.started
         self.write()
         print((self.out / f"gpu-{self.slug}.md").read_text(encoding="utf-8"))
+
+    def step_paths(self) -> dict[str, bool]:
+        """The device paths the slot engine's step takes here (see ``device_paths``)."""
+        from ume_plugins.engine.step import device_paths
+
+        paths = device_paths(self.model.model.language_model)
+        return {"fused": paths.projections is not None, "kernel": paths.kernel_attention}
 
     @property
     def slug(self) -> str:
@@ -395,9 +396,9 @@ class Bench:
         The slot engine's step is timed on its own: one slot, 400 live tokens, the step (decoder and
         LM head) run as the engine runs it (eager, replayed CUDA graph, or compiled) 100 times; per-call
         captures and compilation stay out. The primary contender's step is also timed over the cache
-        bucket for 8x its live tokens: what reading padding costs at batch 1 (where attention runs on
-        a handful of thread blocks), the price of keeping one step shape for longer. ``generate`` is
-        timed as the difference of two calls that differ only in their scripted length.
+        bucket for 8x its live tokens (what padding costs at batch 1), and without each of the
+        step's device paths (the decode kernel, the fused projections) to show what each is worth.
+        ``generate`` is timed as the difference of two calls that differ only in their scripted length.
         """
         kernels = None
         if contender.startswith("ours"):
@@ -417,29 +418,15 @@ class Bench:
         name = f"{contender}, step alone" if contender.startswith("ours") else contender
         self.add_roofline(name, step, live, kernels)
         if contender == self.primary:
-            seconds, profile = self.slot_step_seconds(contender, live, holds=8 * (live + 1))
-            self.add_roofline(f"{name}, cache bucket for 8x its tokens", seconds, live, profile)
-        if contender == "ours-compile" and self.compile_variants:
-            self.compile_variant_rooflines(name, live)
-
-    def compile_variant_rooflines(self, name: str, live: int) -> None:
-        """The batch-1 step compiled for its one shape, as the engine's dynamic-shape compilation cannot.
-
-        With static shapes inductor knows the slot count is 1 and can specialise its kernels (and
-        tune them by coordinate descent); the engine compiles once for every slot count and
-        capacity. If this is much faster, compiling per slot bucket is worth its extra compilations.
-        """
-        import torch._inductor.config as inductor_config
-
-        from ume_plugins.engine.step import decode_step
-
-        for label, tuning in (("static shapes", False), ("static shapes, coordinate-descent tuning", True)):
-            forward = torch.compile(decode_step, dynamic=False)
-            started = time.perf_counter()
-            with inductor_config.patch(coordinate_descent_tuning=tuning):
-                seconds, profile = self.slot_step_seconds("ours-compile", live, forward=forward)
-            print(f"{name}, {label}: compiled and timed in {time.perf_counter() - started:.0f} s", flush=True)
-            self.add_roofline(f"{name}, {label}", seconds, live, profile)
+            padded = 8 * (live + 1)
+            for label, holds, paths in (
+                ("cache bucket for 8x its tokens", padded, {}),
+                ("SDPA attention", None, {"kernel": False}),
+                ("SDPA attention, cache bucket for 8x its tokens", padded, {"kernel": False}),
+                ("three projections", None, {"fused": False}),
+            ):
+                seconds, profile = self.slot_step_seconds(contender, live, holds=holds, **paths)
+                self.add_roofline(f"{name}, {label}", seconds, live, profile)
 
     def add_roofline(self, name: str, step: float, live: float, kernels: dict[str, Any] | None = None) -> None:
         """Record a decode step of ``step`` seconds reading the weights and ``live`` tokens of KV."""
@@ -459,19 +446,25 @@ class Bench:
         )
 
     def slot_step_seconds(
-        self, contender: str, live: int, holds: int | None = None, forward: Any = None
+        self,
+        contender: str,
+        live: int,
+        holds: int | None = None,
+        fused: bool | None = None,
+        kernel: bool | None = None,
     ) -> tuple[float, dict[str, Any] | None]:
         """Seconds of one slot-engine decode step (decoder + LM head) for one slot holding ``live`` tokens.
 
-        The cache is the engine's bucket for ``holds`` positions (default ``live + 1``);
-        ``forward`` replaces the decoder step the contender runs (default: the engine's).
+        The cache is the engine's bucket for ``holds`` positions (default ``live + 1``). The step takes
+        the engine's device paths; ``fused`` / ``kernel`` False turn off the fused projections / the
+        decode kernel.
 
         Also the profile of the GPU kernels one step launches (what its graph replays); on the CPU, the
         count of aten operations it dispatches, the nearest stand-in.
         """
         from ume_plugins.engine.slot_state import SlotOptions, SlotTensors, StepRunner, capacity_bucket, compiled_step
         from ume_plugins.engine.stages import Budget
-        from ume_plugins.engine.step import decode_step
+        from ume_plugins.engine.step import StepPaths, decode_step, device_paths
 
         mode = MODES[contender]
         spec = self.engine(mode, 1).spec
@@ -481,11 +474,16 @@ class Bench:
         slots = SlotTensors(self.model, budget, 1, capacity, False)
         slots.lengths.fill_(live)  # every step writes position `live` again and reads 0..live
         fed = torch.ones(1, dtype=torch.bool, device=self.device)
-        forward = forward or (compiled_step(None, self.device) if mode == "torch_compile" else decode_step)
+        forward = compiled_step(None, self.device) if mode == "torch_compile" else decode_step
         decoder = self.model.model.language_model
+        paths = device_paths(decoder)
+        paths = StepPaths(
+            paths.projections if fused is not False else None, paths.kernel_attention and kernel is not False
+        )
 
         def step() -> None:
-            hidden = forward(decoder, slots.tokens, slots.lengths, slots.offsets, fed, slots.keys, slots.values)
+            tensors = (slots.tokens, slots.lengths, slots.offsets, fed, slots.keys, slots.values)
+            hidden = forward(decoder, *tensors, *paths)
             slots.logits.copy_(self.model.lm_head(hidden).float())
 
         runner = StepRunner(step, graphs, slots.graph_pool, torch.cuda.Stream() if graphs else None)

@@ -14,7 +14,8 @@ def markdown(results: dict[str, Any]) -> str:
         f"reasoning lengths {settings['lengths'][0]}-{settings['lengths'][1]} tokens (seeded); copy bandwidth "
         f"{settings['copy_bandwidth_gbs']:.0f} GB/s; a decode step reads "
         f"{settings['decode_weight_bytes'] / 1e9:.2f} GB of weights + "
-        f"{settings['kv_bytes_per_token'] / 1e3:.1f} KB of KV per live token; "
+        f"{settings['kv_bytes_per_token'] / 1e3:.1f} KB of KV per live token; the slot engine's step "
+        f"{_paths(settings.get('step_paths', {}))}; "
         f"total {results.get('seconds', 0):.0f} s of a {settings['budget_s']:.0f} s budget.",
         "",
         "| contender | inputs | reasoning tokens | slots / batch | items | items/s | decode tok/s "
@@ -88,3 +89,9 @@ def _ratios(results: dict[str, Any]) -> list[str]:
                 span = "-".join(map(str, lengths))
                 lines.append(f"| {mine} over {run['contender']} | {kind} | {span} | {size} | {items} | {ratio:.2f}x |")
     return lines
+
+
+def _paths(paths: dict) -> str:
+    names = (("the fused projections", "fused"), ("the decode kernel", "kernel"))
+    taken = [name for name, key in names if paths.get(key)]
+    return "takes " + " and ".join(taken) if taken else "runs the modules' projections and SDPA"

@@ -10,7 +10,7 @@ from transformers import LogitsProcessor
 
 from tests.conftest import REASONING, ScriptedDecoding, gradient, solid
 from ume_plugins.engine import Engine
-from ume_plugins.engine.step import decode_step, rms_norm
+from ume_plugins.engine.step import StepPaths, decode_step, fused_projections, rms_norm
 
 TEXT = "a red fox jumps over the fence"
 IMAGE = gradient((84, 56), seed=3)
@@ -337,3 +337,34 @@ def test_the_step_norms_round_where_transformers_rounds_and_hooks_still_see_them
     finally:
         handle.remove()
     assert seen == [1]
+
+
+@pytest.mark.parametrize("fused, kernel", [(True, False), (False, True), (True, True)], ids=["fused", "kernel", "both"])
+def test_the_cuda_step_paths_decode_like_the_modules_and_sdpa(module, monkeypatch, fused, kernel):
+    # The engine takes these paths on CUDA only; take them on the CPU here (the kernel in Triton's
+    # interpreter), where the arithmetic can be compared.
+    from ume_plugins.engine import slots as slot_engine
+    from ume_plugins.engine.attention import triton_available
+
+    if kernel and not triton_available(torch.device("cpu")):
+        pytest.skip("the decode kernel needs Triton (its interpreter on the CPU)")
+    init = slot_engine.SlotRun.__init__
+
+    def on_cuda_paths(self, model, *args, **kwargs):
+        init(self, model, *args, **kwargs)
+        self.paths = StepPaths(fused_projections(model.model.language_model) if fused else None, kernel)
+
+    plain = rollouts(module, INPUTS["mixed"], "slots", spec={"max_slots": 3}, **GREEDY)
+    monkeypatch.setattr(slot_engine.SlotRun, "__init__", on_cuda_paths)
+    assert_same(plain, rollouts(module, INPUTS["mixed"], "slots", spec={"max_slots": 3}, **GREEDY))
+
+
+def test_fused_projections_leave_hooked_layers_to_their_modules(module):
+    decoder = module.model.model.language_model
+    assert all(projection is not None for projection in fused_projections(decoder))
+    handle = decoder.layers[0].self_attn.v_proj.register_forward_hook(lambda *args: None)
+    try:
+        hooked = fused_projections(decoder)
+    finally:
+        handle.remove()
+    assert hooked[0] is None and all(projection is not None for projection in hooked[1:])

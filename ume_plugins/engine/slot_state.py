@@ -2,14 +2,15 @@
 
 A step runs eagerly, is replayed from a CUDA graph, or is compiled with ``torch.compile``.
 
-Capacity is bucketed: the KV buffers hold ``capacity`` positions per slot and every step reads all
-of them, so the buffers follow the longest live rollout (grown and shrunk a bucket at a time),
-and finished slots are compacted away once no input waits. A step's cost thus tracks
-``slots x bucket(longest live length)`` instead of a fixed maximum. Buckets are fine (multiples of
-64) when steps run eagerly; with CUDA graphs each shape costs a capture, so buckets grow by 1.5x
-and 2x steps (at most ~2 shapes per doubling) and slot counts are powers of two. Kernels that read
-each slot's own length (paged or FlexAttention kernels) would remove the remaining padding; they
-are not used because no such kernel is portable across the CPU, CUDA and the transformers window.
+Capacity is bucketed: the KV buffers hold ``capacity`` positions per slot and follow the longest
+live rollout (grown and shrunk a bucket at a time), and finished slots are compacted away once no
+input waits. Buckets are fine (multiples of 64) when steps run eagerly; with CUDA graphs each
+shape costs a capture, so buckets grow by 1.5x and 2x steps (at most ~2 shapes per doubling) and
+slot counts are powers of two. On CUDA the decode kernel (:mod:`ume_plugins.engine.attention`)
+reads only each slot's live positions, so there a bucket's padding costs memory, not time (H200,
+batch 1, 400 live tokens: 2.18 ms per step in the tight bucket, 2.23 ms in one 8x larger; SDPA
+2.49 and 4.61 ms). Where the kernel does not run (the CPU, no Triton) SDPA reads the whole
+bucket, and buckets keep its cost near ``slots x longest live length``.
 """
 
 from __future__ import annotations

@@ -40,7 +40,7 @@ from ume_plugins.engine.slot_state import (
     slot_bucket,
 )
 from ume_plugins.engine.stages import Budget
-from ume_plugins.engine.step import decode_step
+from ume_plugins.engine.step import decode_step, device_paths
 
 
 class SlotRun:
@@ -87,6 +87,7 @@ class SlotRun:
         self.graphs = options.graphs(model.device)
         self.stream = torch.cuda.Stream() if self.graphs else None
         self.compiled = compiled_step(options.compile_backend, model.device) if mode == "torch_compile" else None
+        self.paths = device_paths(model.model.language_model)  # fused projections held for this call
         self.queue = deque(range(count))  # rollout r is sample r % k of input r // k
         self.prompts: dict[int, Prompt] = {}
         slots = min(options.max_slots, count)
@@ -111,6 +112,7 @@ class SlotRun:
         finally:
             self.t = None  # its step runners refer back to this run: free the buffers now, not at a GC
             self.prompts.clear()
+            self.paths = None
         generated = [ids.tolist() for ids in self.generated]
         return assemble(
             self.states,
@@ -182,7 +184,8 @@ class SlotRun:
         t, stages = self.t, self.t.stages
         fed = stages.live | stages.final
         step = self.compiled or decode_step
-        hidden = step(self.model.model.language_model, t.tokens, t.lengths, t.offsets, fed, t.keys, t.values)
+        decoder = self.model.model.language_model
+        hidden = step(decoder, t.tokens, t.lengths, t.offsets, fed, t.keys, t.values, *self.paths)
         write = torch.where(fed, t.lengths, torch.zeros_like(t.lengths))
         t.ids.scatter_(1, write[:, None], torch.where(fed, t.tokens, t.ids[:, 0])[:, None])
         t.states.copy_(torch.where(stages.final[:, None], hidden.float(), t.states))

@@ -5,7 +5,9 @@ embedding; a loaded LoRA adapter's layers included) and adds only the attention 
 cache, so its arithmetic is the decoder's:
 
 - each slot writes its new key and value at its own length, and attends to its positions
-  ``0..length`` of a ``[slots, kv_heads, capacity, head_dim]`` buffer (a boolean mask hides the rest);
+  ``0..length`` of a ``[slots, kv_heads, capacity, head_dim]`` buffer: SDPA with an additive mask
+  over the rest, or (on CUDA, see :mod:`ume_plugins.engine.attention`) a kernel that reads only
+  those positions;
 - grouped-query attention reads each key/value head once: a slot's query heads are grouped under
   their key/value head (``[slots, kv_heads, group, head_dim]``), the layout transformers itself
   uses for one query token;
@@ -16,17 +18,25 @@ Nothing in it synchronises with the host or allocates by data-dependent sizes, s
 captured in a CUDA graph or compiled with ``torch.compile``. A slot that feeds nothing this step
 (empty or finished) writes to and attends to position 0 only: harmless, and never NaN.
 
-At batch 1 a step's time is set by how many kernels it launches, not by the bytes it reads, so
-what is the same for every layer is computed once per step (the attention mask as an additive
-bias, the signed sine of the rotation), and the checkpoint's RMS norms run as torch's fused
-``rms_norm`` with the rounding steps of transformers' own (two kernels each instead of eight).
-A norm that is not the stock one (an adapter around it), or that a hook watches, runs as its
-module.
+At batch 1 a step is a chain of small kernels, each too short to reach the memory bandwidth
+(profiled on an H200: the kernels' own time is ~97% of a replayed step's, so launch gaps are
+not the cost; kernel count and each kernel's size are). So what is the same for every layer is
+computed once per step (the attention mask, the signed sine of the rotation); the checkpoint's
+RMS norms run as torch's fused ``rms_norm`` with the rounding steps of transformers' own (two
+kernels each instead of eight; a norm that is not the stock one, or that a hook watches, runs as
+its module); and on CUDA the engine passes each layer's query, key and value projections as one
+weight (:func:`fused_projections`): the three small GEMVs took 0.46 ms of a 2.7 ms step, most of
+it fixed per-kernel cost.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import NamedTuple
+
 import torch
+
+from ume_plugins.engine.attention import decode_attention, kernel_usable
 
 
 def decode_step(
@@ -37,6 +47,8 @@ def decode_step(
     fed: torch.Tensor,
     keys: list[torch.Tensor],
     values: list[torch.Tensor],
+    projections: Sequence[FusedProjection | None] | None = None,
+    kernel_attention: bool = False,
 ) -> torch.Tensor:
     """Feed one token per slot and return each slot's final-norm state.
 
@@ -48,6 +60,11 @@ def decode_step(
         fed: ``[slots]`` whether the slot feeds a token this step.
         keys: Per layer, ``[slots, kv_heads, capacity, head_dim]`` keys, written in place.
         values: Per layer, the values, likewise.
+        projections: Per layer, the fused query/key/value projection to use instead of the three
+            modules (see :func:`fused_projections`); None (or a None entry): the modules.
+        kernel_attention: Attend with the decode kernel of :mod:`ume_plugins.engine.attention`,
+            which reads only each slot's live positions (the caller checks it is available);
+            False: SDPA over the whole capacity, the live positions masked.
 
     Returns:
         ``[slots, hidden]`` final-norm states of the fed tokens (the model's dtype).
@@ -55,37 +72,109 @@ def decode_step(
     slots, capacity = tokens.shape[0], keys[0].shape[2]
     write = torch.where(fed, lengths, torch.zeros_like(lengths))
     rows = torch.arange(slots, device=tokens.device)
-    visible = torch.arange(capacity, device=tokens.device)[None] <= write[:, None]
     hidden = decoder.embed_tokens(tokens)[:, None]
-    # An additive mask built once: SDPA would convert a boolean one in every layer.
-    mask = torch.full(visible.shape, -torch.inf, dtype=hidden.dtype, device=tokens.device).masked_fill_(visible, 0.0)
-    mask = mask.view(slots, 1, 1, capacity)
+    mask = None if kernel_attention else _additive_mask(write, capacity, hidden.dtype)
     cos, sin = _rotary(decoder, hidden, (write + offsets).view(1, slots, 1).expand(3, slots, 1))
     # rotate_half(x) * sin == roll(x, half) * signed_sin, exactly (a negation is exact).
     half = sin.shape[-1] // 2
     signed_sin = torch.cat([-sin[..., :half], sin[..., half:]], dim=-1)
-    for layer, layer_keys, layer_values in zip(decoder.layers, keys, values, strict=True):
+    fused = projections or [None] * len(decoder.layers)
+    for layer, layer_keys, layer_values, projection in zip(decoder.layers, keys, values, fused, strict=True):
         attention = layer.self_attn
         kv_heads, head_dim = layer_keys.shape[1], layer_keys.shape[3]
         normed = rms_norm(layer.input_layernorm, hidden)
-        query = attention.q_proj(normed).view(slots, -1, head_dim)
-        key = attention.k_proj(normed).view(slots, kv_heads, head_dim)
-        value = attention.v_proj(normed).view(slots, kv_heads, head_dim)
-        # Query and key heads rotated together: the same arithmetic in a third of the kernels.
-        rotated = torch.cat([query, key], dim=1)
-        rotated = rotated * cos + torch.roll(rotated, half, dims=-1) * signed_sin
-        heads = query.shape[1]
+        # Query and key heads side by side, rotated together: the same arithmetic in a third of the kernels.
+        if projection is not None:
+            both = torch.nn.functional.linear(normed, projection.weight, projection.bias)
+            query_and_key = both[..., : projection.split].view(slots, -1, head_dim)
+            value = both[..., projection.split :].view(slots, kv_heads, head_dim)
+        else:
+            query = attention.q_proj(normed).view(slots, -1, head_dim)
+            key = attention.k_proj(normed).view(slots, kv_heads, head_dim)
+            query_and_key = torch.cat([query, key], dim=1)
+            value = attention.v_proj(normed).view(slots, kv_heads, head_dim)
+        rotated = query_and_key * cos + torch.roll(query_and_key, half, dims=-1) * signed_sin
+        heads = rotated.shape[1] - kv_heads
         query, key = rotated[:, :heads], rotated[:, heads:]
         layer_keys[rows, :, write] = key
         layer_values[rows, :, write] = value
         grouped = query.reshape(slots, kv_heads, heads // kv_heads, head_dim)
         scale = getattr(attention, "scaling", head_dim**-0.5)
-        out = torch.nn.functional.scaled_dot_product_attention(
-            grouped, layer_keys, layer_values, attn_mask=mask, scale=scale
-        )
+        if mask is None:
+            out = decode_attention(grouped, layer_keys, layer_values, write + 1, scale)
+        else:
+            out = torch.nn.functional.scaled_dot_product_attention(
+                grouped, layer_keys, layer_values, attn_mask=mask, scale=scale
+            )
         hidden = hidden + attention.o_proj(out.reshape(slots, 1, heads * head_dim))
         hidden = hidden + layer.mlp(rms_norm(layer.post_attention_layernorm, hidden))
     return rms_norm(decoder.norm, hidden)[:, 0]
+
+
+class StepPaths(NamedTuple):
+    """The faster paths a step takes on its device (see :func:`device_paths`)."""
+
+    projections: list[FusedProjection | None] | None
+    kernel_attention: bool
+
+
+def device_paths(decoder: torch.nn.Module) -> StepPaths:
+    """What the engine passes to :func:`decode_step` on the decoder's device.
+
+    On CUDA: the fused projections (held for the caller's call) and the decode kernel where it
+    runs and agrees with SDPA there; elsewhere neither (a CPU step is bound by arithmetic, and the
+    modules' own projections keep it closest to transformers).
+    """
+    weight = decoder.embed_tokens.weight
+    if weight.device.type != "cuda":
+        return StepPaths(None, False)
+    config = decoder.config
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+    group = config.num_attention_heads // config.num_key_value_heads
+    usable = kernel_usable(weight.device, weight.dtype, group, head_dim)
+    return StepPaths(fused_projections(decoder), usable)
+
+
+def _additive_mask(write: torch.Tensor, capacity: int, dtype: torch.dtype) -> torch.Tensor:
+    """``[slots, 1, 1, capacity]``: 0 on each slot's positions ``0..write``, -inf past them.
+
+    Built once per step: SDPA would convert a boolean mask in every layer.
+    """
+    visible = torch.arange(capacity, device=write.device)[None] <= write[:, None]
+    mask = torch.full(visible.shape, -torch.inf, dtype=dtype, device=write.device).masked_fill_(visible, 0.0)
+    return mask.view(len(write), 1, 1, capacity)
+
+
+class FusedProjection(NamedTuple):
+    """One layer's query, key and value projections as one: rows ``[:split]`` are query and key."""
+
+    weight: torch.Tensor
+    bias: torch.Tensor | None
+    split: int
+
+
+def fused_projections(decoder: torch.nn.Module) -> list[FusedProjection | None]:
+    """Per layer, its query/key/value projections concatenated into one weight, where that is exact.
+
+    Only plain ``torch.nn.Linear`` modules without hooks are fused (an adapter, a quantised layer or
+    a hook keeps its module: None for that layer). The copies hold the three weights once more
+    (about 6% of a Qwen2-VL decoder's weights) for as long as the caller keeps them.
+    """
+    fused: list[FusedProjection | None] = []
+    for layer in decoder.layers:
+        modules = [getattr(layer.self_attn, name) for name in ("q_proj", "k_proj", "v_proj")]
+        plain = all(
+            type(module) is torch.nn.Linear and not (module._forward_hooks or module._forward_pre_hooks)
+            for module in modules
+        )
+        biased = [module.bias is not None for module in modules] if plain else []
+        if not plain or len(set(biased)) != 1:
+            fused.append(None)
+            continue
+        weight = torch.cat([module.weight.detach() for module in modules])
+        bias = torch.cat([module.bias.detach() for module in modules]) if biased[0] else None
+        fused.append(FusedProjection(weight, bias, modules[0].out_features + modules[1].out_features))
+    return fused
 
 
 _STOCK_NORMS = frozenset({"Qwen2RMSNorm", "Qwen2VLRMSNorm"})
