@@ -368,3 +368,36 @@ def test_fused_projections_leave_hooked_layers_to_their_modules(module):
     finally:
         handle.remove()
     assert hooked[0] is None and all(projection is not None for projection in hooked[1:])
+
+
+def test_with_the_decode_kernel_a_call_keeps_its_cache_until_its_slots_shrink(module, monkeypatch):
+    # Graph buckets on the CPU (steps eager), the kernel in Triton's interpreter: one input at a time,
+    # short rollouts after a long prompt's, so the tight policy would shrink the cache between them.
+    from ume_plugins.engine import slots as slot_engine
+    from ume_plugins.engine.attention import triton_available
+
+    if not triton_available(torch.device("cpu")):
+        pytest.skip("the decode kernel needs Triton (its interpreter on the CPU)")
+    init, resize = slot_engine.SlotRun.__init__, slot_engine.SlotRun._resize
+    shapes = []
+
+    def graph_buckets(self, model, *args, **kwargs):
+        init(self, model, *args, **kwargs)
+        self.graphs, self.paths = True, StepPaths(None, kernel)
+
+    def recorded(self, rows, slots, capacity):
+        shapes.append((self.t.slots, self.t.capacity, slots, capacity))
+        resize(self, rows, slots, capacity)
+
+    monkeypatch.setattr(slot_engine.SlotRun, "__init__", graph_buckets)
+    monkeypatch.setattr(slot_engine.SlotRun, "_resize", recorded)
+    monkeypatch.setattr(slot_engine, "StepRunner", lambda step, *graph_args: step)
+    inputs = [{"text": "word " * 300}, "a cat", "a dog"]
+    kwargs = {"generation_kwargs": {"logits_processor": [GenEmbByPromptLength(module.tokenizer)], "max_new_tokens": 60}}
+    results = {}
+    for kernel in (False, True):
+        shapes.clear()
+        results[kernel] = rollouts(module, inputs, "slots", spec={"max_slots": 1}, **kwargs)
+        shrinks = [shape for shape in shapes if shape[3] < shape[1]]
+        assert bool(shrinks) != kernel  # SDPA: the cache follows the live rollout down; the kernel: kept
+    assert_same(results[False], results[True])

@@ -9,8 +9,9 @@ shape costs a capture, so buckets grow by 1.5x and 2x steps (at most ~2 shapes p
 slot counts are powers of two. On CUDA the decode kernel (:mod:`ume_plugins.engine.attention`)
 reads only each slot's live positions, so there a bucket's padding costs memory, not time (H200,
 batch 1, 400 live tokens: 2.18 ms per step in the tight bucket, 2.23 ms in one 8x larger; SDPA
-2.49 and 4.61 ms). Where the kernel does not run (the CPU, no Triton) SDPA reads the whole
-bucket, and buckets keep its cost near ``slots x longest live length``.
+2.49 and 4.61 ms), and a call keeps its cache until its slots shrink, saving the captures of
+smaller shapes. Where the kernel does not run (the CPU, no Triton) SDPA reads the whole bucket,
+and buckets keep its cost near ``slots x longest live length``.
 """
 
 from __future__ import annotations

@@ -278,13 +278,20 @@ class SlotRun:
             self._resize(list(range(self.t.slots)), self.t.slots, capacity_bucket(needed, self.graphs))
 
     def _reshape(self) -> None:
-        """Shrink the capacity to the live rollouts' bucket, and drop idle slots once nothing waits."""
+        """Shrink the capacity to the live rollouts' bucket, and drop idle slots once nothing waits.
+
+        Where the decode kernel attends, the capacity shrinks only along with the slots: the kernel
+        reads live positions alone, so a smaller cache by itself saves no step time, while every
+        new shape costs a capture (and a batch-1 call of many inputs would climb the buckets anew
+        for each).
+        """
         live = [slot for slot, rollout in enumerate(self.rollout_of) if rollout >= 0]
         if not live:
             return
         capacity = capacity_bucket(self._live_length(), self.graphs)
         slots = self.t.slots if self.queue else slot_bucket(len(live), self.graphs)
         shrink = capacity < self.t.capacity and (self.graphs or capacity <= self.t.capacity * 3 // 4)
+        shrink = shrink and not (self.paths.kernel_attention and slots == self.t.slots)
         if slots < self.t.slots or shrink:
             capacity = min(capacity, self.t.capacity) if shrink else self.t.capacity
             rows = live if slots < self.t.slots else list(range(self.t.slots))
