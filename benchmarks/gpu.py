@@ -194,7 +194,7 @@ class Bench:
         """The device paths the slot engine's step takes here (see ``device_paths``)."""
         from ume_plugins.engine.step import device_paths
 
-        paths = device_paths(self.model.model.language_model)
+        paths = device_paths(self.model)
         return {"fused": paths.projections is not None, "kernel": paths.kernel_attention}
 
     @property
@@ -476,7 +476,7 @@ class Bench:
         fed = torch.ones(1, dtype=torch.bool, device=self.device)
         forward = compiled_step(None, self.device) if mode == "torch_compile" else decode_step
         decoder = self.model.model.language_model
-        paths = device_paths(decoder)
+        paths = device_paths(self.model)
         paths = StepPaths(
             paths.projections if fused is not False else None, paths.kernel_attention and kernel is not False
         )

@@ -25,6 +25,7 @@ if "ume_plugins" not in sys.modules:
     package.__path__ = [str(ROOT / "ume_plugins")]
     sys.modules["ume_plugins"] = package
 
+from ume_plugins.engine.hf_model import decoder_shape  # noqa: E402
 from ume_plugins.prompts import GEN_PROMPT  # noqa: E402
 from ume_plugins.tiny import _train_tokenizer, vision_token_ids  # noqa: E402
 
@@ -107,14 +108,16 @@ def build_model(tok: Any, device: torch.device, dtype: torch.dtype, quick: bool)
 
 
 def decode_bytes(model: torch.nn.Module) -> tuple[int, int]:
-    """Bytes a decode step must read: the decoder's weights (LM head included, tied ones once), and KV per token."""
+    """Bytes a decode step must read: the decoder's weights, and the KV cache per cached position.
+
+    The weights are the layers', the final norm's and the LM head's (a tied embedding counted once;
+    of an untied one a step reads a single row). The KV bytes cover every layer's keys and values.
+    """
     decoder = model.model.language_model
-    tensors = {tensor.data_ptr(): tensor for tensor in [*decoder.parameters(), model.lm_head.weight]}
-    weights = sum(tensor.numel() * tensor.element_size() for tensor in tensors.values())
-    config = model.config.text_config
-    head_dim = config.hidden_size // config.num_attention_heads
-    per_token = 2 * config.num_hidden_layers * config.num_key_value_heads * head_dim * model.dtype.itemsize
-    return weights, per_token
+    tensors = [*decoder.layers.parameters(), *decoder.norm.parameters(), model.lm_head.weight]
+    weights = sum(tensor.numel() * tensor.element_size() for tensor in {t.data_ptr(): t for t in tensors}.values())
+    layers, _, kv_heads, head_dim = decoder_shape(model)
+    return weights, 2 * layers * kv_heads * head_dim * model.dtype.itemsize
 
 
 class Prompts:

@@ -38,6 +38,19 @@ def assert_same(expected, actual):
     assert cosines(expected.states, actual.states).min() >= 0.9999
 
 
+def adjust_runs(monkeypatch, adjust):
+    """Call ``adjust(run)`` on every slot-engine run right after it is set up: CUDA's choices on the CPU."""
+    from ume_plugins.engine import slots as slot_engine
+
+    init = slot_engine.SlotRun.__init__
+
+    def adjusted(self, *args, **kwargs):
+        init(self, *args, **kwargs)
+        adjust(self)
+
+    monkeypatch.setattr(slot_engine.SlotRun, "__init__", adjusted)
+
+
 @pytest.mark.parametrize("name", list(INPUTS))
 @pytest.mark.parametrize("kwargs", [GREEDY, SAMPLED], ids=["greedy", "sampled"])
 def test_the_slot_engine_matches_the_reference_loop(module, name, kwargs):
@@ -298,13 +311,7 @@ def test_idle_slots_keep_no_length_when_graph_buckets_shrink_the_cache(module, m
     # (steps stay eager) so a finished long rollout's slot sits idle beside short live ones.
     from ume_plugins.engine import slots as slot_engine
 
-    init = slot_engine.SlotRun.__init__
-
-    def graph_buckets(self, *args, **kwargs):
-        init(self, *args, **kwargs)
-        self.graphs, self.pool = True, None
-
-    monkeypatch.setattr(slot_engine.SlotRun, "__init__", graph_buckets)
+    adjust_runs(monkeypatch, lambda run: setattr(run, "graphs", True))
     monkeypatch.setattr(slot_engine, "StepRunner", lambda step, *graph_args: step)
     inputs = [{"text": "word " * 300}, "a cat", "a dog", "two birds", "a fish", "a horse"]  # 8 slots, 5 live
     kwargs = {"generation_kwargs": {"logits_processor": [GenEmbByPromptLength(module.tokenizer)], "max_new_tokens": 60}}
@@ -343,19 +350,16 @@ def test_the_step_norms_round_where_transformers_rounds_and_hooks_still_see_them
 def test_the_cuda_step_paths_decode_like_the_modules_and_sdpa(module, monkeypatch, fused, kernel):
     # The engine takes these paths on CUDA only; take them on the CPU here (the kernel in Triton's
     # interpreter), where the arithmetic can be compared.
-    from ume_plugins.engine import slots as slot_engine
     from ume_plugins.engine.attention import triton_available
 
     if kernel and not triton_available(torch.device("cpu")):
         pytest.skip("the decode kernel needs Triton (its interpreter on the CPU)")
-    init = slot_engine.SlotRun.__init__
 
-    def on_cuda_paths(self, model, *args, **kwargs):
-        init(self, model, *args, **kwargs)
-        self.paths = StepPaths(fused_projections(model.model.language_model) if fused else None, kernel)
+    def on_cuda_paths(run):
+        run.paths = StepPaths(fused_projections(run.model.model.language_model) if fused else None, kernel)
 
     plain = rollouts(module, INPUTS["mixed"], "slots", spec={"max_slots": 3}, **GREEDY)
-    monkeypatch.setattr(slot_engine.SlotRun, "__init__", on_cuda_paths)
+    adjust_runs(monkeypatch, on_cuda_paths)
     assert_same(plain, rollouts(module, INPUTS["mixed"], "slots", spec={"max_slots": 3}, **GREEDY))
 
 
@@ -378,18 +382,17 @@ def test_with_the_decode_kernel_a_call_keeps_its_cache_until_its_slots_shrink(mo
 
     if not triton_available(torch.device("cpu")):
         pytest.skip("the decode kernel needs Triton (its interpreter on the CPU)")
-    init, resize = slot_engine.SlotRun.__init__, slot_engine.SlotRun._resize
+    resize = slot_engine.SlotRun._resize
     shapes = []
 
-    def graph_buckets(self, model, *args, **kwargs):
-        init(self, model, *args, **kwargs)
-        self.graphs, self.paths = True, StepPaths(None, kernel)
+    def graph_buckets(run):
+        run.graphs, run.paths = True, StepPaths(None, kernel)
 
     def recorded(self, rows, slots, capacity):
         shapes.append((self.t.slots, self.t.capacity, slots, capacity))
         resize(self, rows, slots, capacity)
 
-    monkeypatch.setattr(slot_engine.SlotRun, "__init__", graph_buckets)
+    adjust_runs(monkeypatch, graph_buckets)
     monkeypatch.setattr(slot_engine.SlotRun, "_resize", recorded)
     monkeypatch.setattr(slot_engine, "StepRunner", lambda step, *graph_args: step)
     inputs = [{"text": "word " * 300}, "a cat", "a dog"]

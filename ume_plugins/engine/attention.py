@@ -77,7 +77,7 @@ def decode_attention(
         ``[slots, kv_heads, group, head_dim]`` attention output in the query's dtype.
     """
     slots, kv_heads, group, head_dim = query.shape
-    if head_dim < 16 or head_dim & (head_dim - 1):
+    if not _tileable(head_dim):
         raise ValueError(f"head_dim must be a power of two >= 16 (tl.arange, tl.dot), not {head_dim}")
     split_kernel, combine_kernel = _kernels()
     capacity = keys.shape[2]
@@ -121,6 +121,20 @@ def _next_power_of_2(n: int) -> int:
     return 1 << max(0, n - 1).bit_length()
 
 
+def _tileable(head_dim: int) -> bool:
+    return head_dim >= 16 and not head_dim & (head_dim - 1)
+
+
+def additive_mask(write: torch.Tensor, capacity: int, dtype: torch.dtype) -> torch.Tensor:
+    """SDPA's mask for the same attention: ``[slots, 1, 1, capacity]``, 0 on positions ``0..write``, -inf past.
+
+    The step builds it once per step: SDPA would convert a boolean mask in every layer.
+    """
+    visible = torch.arange(capacity, device=write.device)[None] <= write[:, None]
+    mask = torch.full(visible.shape, -torch.inf, dtype=dtype, device=write.device).masked_fill_(visible, 0.0)
+    return mask.view(len(write), 1, 1, capacity)
+
+
 @functools.cache
 def kernel_usable(device: torch.device, dtype: torch.dtype, group: int, head_dim: int) -> bool:
     """Whether the kernel runs on ``device`` for this head layout and agrees with SDPA there.
@@ -128,15 +142,13 @@ def kernel_usable(device: torch.device, dtype: torch.dtype, group: int, head_dim
     Checked once per process and layout on a small random case (compiling the kernel); a kernel
     that fails to build or disagrees is not used, with one warning, and SDPA attends instead.
     """
-    if not triton_available(device) or head_dim < 16 or head_dim & (head_dim - 1):
+    if not triton_available(device) or not _tileable(head_dim):
         return False
     generator = torch.Generator().manual_seed(0)
     query = torch.randn(2, 2, group, head_dim, generator=generator)
     keys, values = (torch.randn(2, 2, 200, head_dim, generator=generator) for _ in range(2))
     visible = torch.tensor([1, 150])
-    mask = torch.zeros(2, 1, 1, 200).masked_fill_(
-        torch.arange(200)[None, None, None] >= visible[:, None, None, None], -torch.inf
-    )
+    mask = additive_mask(visible - 1, 200, torch.float32)
     expected = torch.nn.functional.scaled_dot_product_attention(query, keys, values, attn_mask=mask, scale=0.1)
     try:
         moved = [tensor.to(device, dtype) for tensor in (query, keys, values)]

@@ -87,7 +87,7 @@ class SlotRun:
         self.graphs = options.graphs(model.device)
         self.stream = torch.cuda.Stream() if self.graphs else None
         self.compiled = compiled_step(options.compile_backend, model.device) if mode == "torch_compile" else None
-        self.paths = device_paths(model.model.language_model)  # fused projections held for this call
+        self.paths = device_paths(model)  # fused projections held for this call
         self.queue = deque(range(count))  # rollout r is sample r % k of input r // k
         self.prompts: dict[int, Prompt] = {}
         slots = min(options.max_slots, count)

@@ -36,7 +36,8 @@ from typing import NamedTuple
 
 import torch
 
-from ume_plugins.engine.attention import decode_attention, kernel_usable
+from ume_plugins.engine.attention import additive_mask, decode_attention, kernel_usable
+from ume_plugins.engine.hf_model import decoder_shape
 
 
 def decode_step(
@@ -73,7 +74,7 @@ def decode_step(
     write = torch.where(fed, lengths, torch.zeros_like(lengths))
     rows = torch.arange(slots, device=tokens.device)
     hidden = decoder.embed_tokens(tokens)[:, None]
-    mask = None if kernel_attention else _additive_mask(write, capacity, hidden.dtype)
+    mask = None if kernel_attention else additive_mask(write, capacity, hidden.dtype)
     cos, sin = _rotary(decoder, hidden, (write + offsets).view(1, slots, 1).expand(3, slots, 1))
     # rotate_half(x) * sin == roll(x, half) * signed_sin, exactly (a negation is exact).
     half = sin.shape[-1] // 2
@@ -118,31 +119,18 @@ class StepPaths(NamedTuple):
     kernel_attention: bool
 
 
-def device_paths(decoder: torch.nn.Module) -> StepPaths:
-    """What the engine passes to :func:`decode_step` on the decoder's device.
+def device_paths(model: torch.nn.Module) -> StepPaths:
+    """What the engine passes to :func:`decode_step` on the model's device.
 
     On CUDA: the fused projections (held for the caller's call) and the decode kernel where it
     runs and agrees with SDPA there; elsewhere neither (a CPU step is bound by arithmetic, and the
     modules' own projections keep it closest to transformers).
     """
-    weight = decoder.embed_tokens.weight
-    if weight.device.type != "cuda":
+    if model.device.type != "cuda":
         return StepPaths(None, False)
-    config = decoder.config
-    head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
-    group = config.num_attention_heads // config.num_key_value_heads
-    usable = kernel_usable(weight.device, weight.dtype, group, head_dim)
-    return StepPaths(fused_projections(decoder), usable)
-
-
-def _additive_mask(write: torch.Tensor, capacity: int, dtype: torch.dtype) -> torch.Tensor:
-    """``[slots, 1, 1, capacity]``: 0 on each slot's positions ``0..write``, -inf past them.
-
-    Built once per step: SDPA would convert a boolean mask in every layer.
-    """
-    visible = torch.arange(capacity, device=write.device)[None] <= write[:, None]
-    mask = torch.full(visible.shape, -torch.inf, dtype=dtype, device=write.device).masked_fill_(visible, 0.0)
-    return mask.view(len(write), 1, 1, capacity)
+    _, heads, kv_heads, head_dim = decoder_shape(model)
+    usable = kernel_usable(model.device, model.dtype, heads // kv_heads, head_dim)
+    return StepPaths(fused_projections(model.model.language_model), usable)
 
 
 class FusedProjection(NamedTuple):
