@@ -41,7 +41,7 @@ from typing import Any
 
 import torch
 from gpu_model import Prompts, build_model, decode_bytes, mteb_encoder, mteb_wrapper, tokenizer
-from gpu_probes import aten_op_count, bandwidth, kernel_profile
+from gpu_probes import aten_op_count, bandwidth, gemv_sweep, kernel_profile
 from gpu_report import markdown
 from transformers import LogitsProcessorList
 from workload import ForcedReasoning, texts
@@ -125,6 +125,9 @@ def main() -> None:
     parser.add_argument("--contenders", default=",".join(CONTENDERS), help="comma-separated subset")
     parser.add_argument("--mteb-wheel", help="mteb wheel to read UMER1Wrapper from when mteb does not import")
     parser.add_argument("--out", type=Path, default=HERE / "results")
+    parser.add_argument(
+        "--gemv-sweep", action="store_true", help="CUDA: also time the GEMV kernel's block sizes (~1 min)"
+    )
     options = parser.parse_args()
     Bench(options).run()
 
@@ -149,6 +152,7 @@ class Bench:
         self.shares = {name: share / active for name, share in shares.items()}
         self.primary = "ours-graphs" if "ours-graphs" in self.contenders else "ours-eager"
         self.mteb_wheel, self.out = options.mteb_wheel, options.out
+        self.gemv_sweep = options.gemv_sweep and not self.quick
         self.low, self.high = (16, 64) if self.quick else (64, 1024)
         self.results: dict[str, Any] = {"runs": [], "skipped": [], "roofline": [], "cosine": []}
         self.states: dict[tuple[str, str, int, int, int], torch.Tensor] = {}  # contender, inputs, size, items, high
@@ -185,17 +189,38 @@ class Bench:
         for contender in self.contenders:
             self.results.setdefault("budget_s_by_contender", {})[contender] = self.shares[contender] * self.budget
         self.used = dict.fromkeys([*self.contenders, "roofline", "cosine", "kept"], 0.0)
+        if self.gemv_sweep:
+            try:
+                self.results["gemv_sweep"] = gemv_sweep(self.model.model.language_model.layers[0])
+            except Exception:  # the sweep is a probe: its failure must not cost the run
+                traceback.print_exc()
         self.plan()
         self.results["seconds"] = time.perf_counter() - self.started
         self.write()
         print((self.out / f"gpu-{self.slug}.md").read_text(encoding="utf-8"))
 
-    def step_paths(self) -> dict[str, bool]:
-        """The device paths the slot engine's step takes here (see ``device_paths``)."""
+    def step_paths(self) -> dict[str, Any]:
+        """The device paths the slot engine's step takes here (see ``device_paths``).
+
+        On CUDA also what chose the GEMV kernels: each unit's microseconds as the kernel and as the
+        modules (``gemv_unit_us``).
+        """
+        from ume_plugins.engine.attention import triton_available
+        from ume_plugins.engine.gemv import LayerShape, unit_seconds
         from ume_plugins.engine.step import device_paths
 
         paths = device_paths(self.model)
-        return {"fused": paths.projections is not None, "kernel": paths.kernel_attention}
+        taken = {"fused": paths.projections is not None, "kernel": paths.kernel_attention}
+        taken["gemv"] = sorted(paths.gemv_units[0]) if paths.gemv_units else []
+        if self.device.type == "cuda" and triton_available(self.device):
+            shape = LayerShape.of(self.model.model.language_model.layers[0])
+            try:
+                seconds = unit_seconds(self.device, self.dtype, shape)
+            except Exception as error:  # the kernel's failure is already logged; the run goes on
+                print(f"GEMV unit timings unavailable: {error}", flush=True)
+            else:
+                taken["gemv_unit_us"] = {name: [run * 1e6, modules * 1e6] for name, (run, modules) in seconds.items()}
+        return taken
 
     @property
     def slug(self) -> str:
@@ -397,7 +422,8 @@ class Bench:
         LM head) run as the engine runs it (eager, replayed CUDA graph, or compiled) 100 times; per-call
         captures and compilation stay out. The primary contender's step is also timed over the cache
         bucket for 8x its live tokens (what padding costs at batch 1), and without each of the
-        step's device paths (the decode kernel, the fused projections) to show what each is worth.
+        step's device paths (the decode kernel, the fused projections, the GEMV kernels) to show what
+        each is worth.
         ``generate`` is timed as the difference of two calls that differ only in their scripted length.
         """
         kernels = None
@@ -424,6 +450,7 @@ class Bench:
                 ("SDPA attention", None, {"kernel": False}),
                 ("SDPA attention, cache bucket for 8x its tokens", padded, {"kernel": False}),
                 ("three projections", None, {"fused": False}),
+                ("no GEMV kernels", None, {"gemv": False}),
             ):
                 seconds, profile = self.slot_step_seconds(contender, live, holds=holds, **paths)
                 self.add_roofline(f"{name}, {label}", seconds, live, profile)
@@ -452,12 +479,13 @@ class Bench:
         holds: int | None = None,
         fused: bool | None = None,
         kernel: bool | None = None,
+        gemv: bool | None = None,
     ) -> tuple[float, dict[str, Any] | None]:
         """Seconds of one slot-engine decode step (decoder + LM head) for one slot holding ``live`` tokens.
 
         The cache is the engine's bucket for ``holds`` positions (default ``live + 1``). The step takes
-        the engine's device paths; ``fused`` / ``kernel`` False turn off the fused projections / the
-        decode kernel.
+        the engine's device paths; ``fused`` / ``kernel`` / ``gemv`` False turn off the fused projections /
+        the decode kernel / the GEMV kernels.
 
         Also the profile of the GPU kernels one step launches (what its graph replays); on the CPU, the
         count of aten operations it dispatches, the nearest stand-in.
@@ -478,7 +506,9 @@ class Bench:
         decoder = self.model.model.language_model
         paths = device_paths(self.model)
         paths = StepPaths(
-            paths.projections if fused is not False else None, paths.kernel_attention and kernel is not False
+            paths.projections if fused is not False else None,
+            paths.kernel_attention and kernel is not False,
+            paths.gemv_units if gemv is not False else None,
         )
 
         def step() -> None:

@@ -55,6 +55,7 @@ def markdown(results: dict[str, Any]) -> str:
         lines.append(
             f"| {row['contender']} | {row['inputs']} | {row['batched_size']} | {row['items']} | {row['min']:.4f} |"
         )
+    lines += _gemv(settings.get("step_paths", {}).get("gemv_unit_us"), results.get("gemv_sweep"))
     kept = results.get("kept")
     if kept:
         lines += [
@@ -94,4 +95,27 @@ def _ratios(results: dict[str, Any]) -> list[str]:
 def _paths(paths: dict) -> str:
     names = (("the fused projections", "fused"), ("the decode kernel", "kernel"))
     taken = [name for name, key in names if paths.get(key)]
-    return "takes " + " and ".join(taken) if taken else "runs the modules' projections and SDPA"
+    if paths.get("gemv"):
+        taken.append(f"the GEMV kernels at one slot ({', '.join(paths['gemv'])})")
+    return "takes " + ", ".join(taken) if taken else "runs the modules' projections and SDPA"
+
+
+def _gemv(units: dict | None, sweep: list | None) -> list[str]:
+    """The GEMV kernels' timings: what chose each unit, and the block-size sweep when it ran."""
+    lines = []
+    if units:
+        lines += ["", "| GEMV unit at one token | kernel us | modules us | taken |", "|---|---|---|---|"]
+        for name, (kernel, modules) in units.items():
+            lines.append(f"| {name} | {kernel:.1f} | {modules:.1f} | {'yes' if kernel < modules else 'no'} |")
+    if sweep:
+        lines += [
+            "",
+            "| GEMV call | default (BLOCK_N, BLOCK_K, warps) | us | best | us | best GB/s | modules us |",
+            "|---|---|---|---|---|---|---|",
+        ]
+        for row in sweep:
+            lines.append(
+                f"| {row['call']} | {tuple(row['default'])} | {row['default_us']:.1f} | {tuple(row['best'])} "
+                f"| {row['best_us']:.1f} | {row['best_gbs']:.0f} | {row['modules_us']:.1f} |"
+            )
+    return lines

@@ -10,7 +10,7 @@ from transformers import LogitsProcessor
 
 from tests.conftest import REASONING, ScriptedDecoding, gradient, solid
 from ume_plugins.engine import Engine
-from ume_plugins.engine.step import StepPaths, decode_step, fused_projections, rms_norm
+from ume_plugins.engine.step import StepPaths, decode_step, fused_projections, gemv_units, rms_norm
 
 TEXT = "a red fox jumps over the fence"
 IMAGE = gradient((84, 56), seed=3)
@@ -274,6 +274,33 @@ def test_a_compiled_step_equals_the_eager_step(module):
     assert all(torch.equal(a, b) for a, b in zip(eager_cache, compiled_cache, strict=True))
 
 
+def test_a_compiled_one_slot_step_with_every_kernel_equals_the_eager_step(module):
+    from ume_plugins.engine.attention import triton_available
+
+    if not triton_available(torch.device("cpu")):
+        pytest.skip("the kernels need Triton (its interpreter on the CPU)")
+    decoder = module.model.model.language_model
+    config = decoder.config
+    shape = (1, config.num_key_value_heads, 64, config.hidden_size // config.num_attention_heads)
+    generator = torch.Generator().manual_seed(0)
+    cache = [torch.randn(shape, generator=generator) for _ in range(2 * len(decoder.layers))]
+    step = {"tokens": torch.tensor([5]), "lengths": torch.tensor([10]), "offsets": torch.tensor([2])}
+    step["fed"] = torch.tensor([True])
+    paths = StepPaths(fused_projections(decoder), True, gemv_units(decoder, torch.device("cpu"), torch.float32))
+    step.update(paths._asdict())
+    # As the engine compiles it (dynamic shapes), and in one graph: capturable.
+    compiled = torch.compile(decode_step, backend="aot_eager", dynamic=True, fullgraph=True)
+    half = len(decoder.layers)
+    results = []
+    for forward in (decode_step, compiled):
+        copies = [tensor.clone() for tensor in cache]
+        with torch.inference_mode():
+            results.append((forward(decoder, **step, keys=copies[:half], values=copies[half:]), copies))
+    (expected, expected_cache), (actual, actual_cache) = results
+    assert torch.equal(expected, actual)
+    assert all(torch.equal(a, b) for a, b in zip(expected_cache, actual_cache, strict=True))
+
+
 def test_a_resized_slot_keeps_its_cache_its_tokens_and_penalty_neutral_padding(module):
     from ume_plugins.engine.slot_state import SlotTensors
     from ume_plugins.engine.stages import Budget
@@ -346,21 +373,67 @@ def test_the_step_norms_round_where_transformers_rounds_and_hooks_still_see_them
     assert seen == [1]
 
 
-@pytest.mark.parametrize("fused, kernel", [(True, False), (False, True), (True, True)], ids=["fused", "kernel", "both"])
-def test_the_cuda_step_paths_decode_like_the_modules_and_sdpa(module, monkeypatch, fused, kernel):
-    # The engine takes these paths on CUDA only; take them on the CPU here (the kernel in Triton's
-    # interpreter), where the arithmetic can be compared.
-    from ume_plugins.engine.attention import triton_available
+# (fused projections, decode attention kernel, GEMV kernels)
+PATHS = {
+    "fused": (True, False, False),
+    "kernel": (False, True, False),
+    "both": (True, True, False),
+    "all": (True, True, True),
+}
 
-    if kernel and not triton_available(torch.device("cpu")):
-        pytest.skip("the decode kernel needs Triton (its interpreter on the CPU)")
+
+@pytest.mark.parametrize("paths, max_slots", [(name, 3) for name in PATHS] + [("all", 1)])
+def test_the_cuda_step_paths_decode_like_the_modules_and_sdpa(module, monkeypatch, paths, max_slots):
+    # The engine takes these paths on CUDA only; take them on the CPU here (the kernels in Triton's
+    # interpreter), where the arithmetic can be compared. The GEMV kernels run at one slot only.
+    from ume_plugins.engine.attention import triton_available
+    from ume_plugins.engine.gemv import decode_linear
+
+    fused, kernel, gemv = PATHS[paths]
+    if (kernel or gemv) and not triton_available(torch.device("cpu")):
+        pytest.skip("the kernels need Triton (its interpreter on the CPU)")
 
     def on_cuda_paths(run):
-        run.paths = StepPaths(fused_projections(run.model.model.language_model) if fused else None, kernel)
+        decoder = run.model.model.language_model
+        units = gemv_units(decoder, run.model.device, run.model.dtype) if gemv else None
+        assert units is None or all(layer == frozenset({"qkv", "output", "mlp"}) for layer in units)
+        run.paths = StepPaths(fused_projections(decoder) if fused else None, kernel, units)
 
-    plain = rollouts(module, INPUTS["mixed"], "slots", spec={"max_slots": 3}, **GREEDY)
+    from ume_plugins.engine import step
+
+    calls = []
+
+    def counted(*args, **kwargs):
+        calls.append(1)
+        return decode_linear(*args, **kwargs)
+
+    inputs = INPUTS["mixed"] if max_slots > 1 else INPUTS["mixed"][:3]
+    plain = rollouts(module, inputs, "slots", spec={"max_slots": max_slots}, **GREEDY)
     adjust_runs(monkeypatch, on_cuda_paths)
-    assert_same(plain, rollouts(module, INPUTS["mixed"], "slots", spec={"max_slots": 3}, **GREEDY))
+    monkeypatch.setattr(step, "decode_linear", counted)
+    assert_same(plain, rollouts(module, inputs, "slots", spec={"max_slots": max_slots}, **GREEDY))
+    assert bool(calls) == (gemv and max_slots == 1)
+
+
+def test_the_gemv_kernels_leave_hooked_and_adapted_modules_to_themselves(module):
+    from ume_plugins.engine.step import _gemv_eligible
+
+    layers = module.model.model.language_model.layers
+    assert all(_gemv_eligible(layer) == frozenset({"qkv", "output", "mlp"}) for layer in layers)
+    handles = [
+        layers[0].mlp.act_fn.register_forward_hook(lambda *args: None),
+        layers[0].self_attn.o_proj.register_forward_pre_hook(lambda *args: None),
+        layers[-1].input_layernorm.register_forward_hook(lambda *args: None),
+    ]
+    try:
+        assert _gemv_eligible(layers[0]) == frozenset({"qkv"})
+        assert _gemv_eligible(layers[-1]) == frozenset({"output", "mlp"})
+    finally:
+        for handle in handles:
+            handle.remove()
+    adapted = copy.deepcopy(layers[0])
+    adapted.mlp.up_proj = type("LoraLinear", (torch.nn.Linear,), {})(4, 4)  # a subclass computes otherwise
+    assert _gemv_eligible(adapted) == frozenset({"qkv", "output"})
 
 
 def test_fused_projections_leave_hooked_layers_to_their_modules(module):

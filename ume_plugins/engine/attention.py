@@ -94,12 +94,12 @@ def decode_attention(
         split_kernel[(rows, splits)](
             query, keys, values, visible, partial, lse,
             *query.stride(), *keys.stride(), *values.stride(), *sizes, scale * math.log2(math.e),
-            GROUP_BLOCK=max(16, _next_power_of_2(group)), HEAD_DIM=head_dim, BLOCK_N=_BLOCK_N,
+            GROUP_BLOCK=max(16, next_power_of_2(group)), HEAD_DIM=head_dim, BLOCK_N=_BLOCK_N,
             INTERPRETED=not query.is_cuda, num_warps=4, num_stages=2,
         )  # fmt: skip
         combine_kernel[(rows, group)](
             partial, lse, visible, out, *out.stride(), *sizes,
-            SPLITS_BLOCK=_next_power_of_2(splits), HEAD_DIM=head_dim,
+            SPLITS_BLOCK=next_power_of_2(splits), HEAD_DIM=head_dim,
         )  # fmt: skip
     return out
 
@@ -117,7 +117,8 @@ def _kernels() -> tuple:
     return attention_kernels.split_kernel, attention_kernels.combine_kernel
 
 
-def _next_power_of_2(n: int) -> int:
+def next_power_of_2(n: int) -> int:
+    """The smallest power of two >= ``n`` (a Triton block size)."""
     return 1 << max(0, n - 1).bit_length()
 
 

@@ -26,7 +26,9 @@ RMS norms run as torch's fused ``rms_norm`` with the rounding steps of transform
 kernels each instead of eight; a norm that is not the stock one, or that a hook watches, runs as
 its module); and on CUDA the engine passes each layer's query, key and value projections as one
 weight (:func:`fused_projections`): the three small GEMVs took 0.46 ms of a 2.8 ms step, mostly
-fixed per-kernel cost; fused, 0.15 ms.
+fixed per-kernel cost; fused, 0.15 ms. At one slot each layer can also run as four GEMV kernels
+with the norms, the gated activation and the residual additions fused in
+(:mod:`ume_plugins.engine.gemv`, taken per unit where the device runs it faster: :func:`gemv_units`).
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ from typing import NamedTuple
 import torch
 
 from ume_plugins.engine.attention import additive_mask, decode_attention, kernel_usable
+from ume_plugins.engine.gemv import UNITS, LayerShape, decode_linear, gemv_choice
 from ume_plugins.engine.hf_model import decoder_shape
 
 
@@ -50,6 +53,7 @@ def decode_step(
     values: list[torch.Tensor],
     projections: Sequence[FusedProjection | None] | None = None,
     kernel_attention: bool = False,
+    gemv_units: Sequence[frozenset[str]] | None = None,
 ) -> torch.Tensor:
     """Feed one token per slot and return each slot's final-norm state.
 
@@ -66,6 +70,9 @@ def decode_step(
         kernel_attention: Attend with the decode kernel of :mod:`ume_plugins.engine.attention`,
             which reads only each slot's live positions (the caller checks it is available);
             False: SDPA over the whole capacity, the live positions masked.
+        gemv_units: Per layer, the units of :data:`ume_plugins.engine.gemv.UNITS` that run as one
+            :func:`~ume_plugins.engine.gemv.decode_linear` kernel each when there is one slot (see
+            :func:`gemv_units`; "qkv" also needs the layer's fused projection); None: none.
 
     Returns:
         ``[slots, hidden]`` final-norm states of the fed tokens (the model's dtype).
@@ -80,16 +87,19 @@ def decode_step(
     half = sin.shape[-1] // 2
     signed_sin = torch.cat([-sin[..., :half], sin[..., half:]], dim=-1)
     fused = projections or [None] * len(decoder.layers)
-    for layer, layer_keys, layer_values, projection in zip(decoder.layers, keys, values, fused, strict=True):
+    # The kernels take one token's row: at more slots the modules' GEMMs run.
+    units = gemv_units if gemv_units is not None and slots == 1 else [frozenset()] * len(decoder.layers)
+    layers = zip(decoder.layers, keys, values, fused, units, strict=True)
+    for layer, layer_keys, layer_values, projection, kernels in layers:
         attention = layer.self_attn
         kv_heads, head_dim = layer_keys.shape[1], layer_keys.shape[3]
-        normed = rms_norm(layer.input_layernorm, hidden)
         # Query and key heads side by side, rotated together: the same arithmetic in a third of the kernels.
         if projection is not None:
-            both = torch.nn.functional.linear(normed, projection.weight, projection.bias)
+            both = _project(layer.input_layernorm, hidden, projection.weight, projection.bias, "qkv" in kernels)
             query_and_key = both[..., : projection.split].view(slots, -1, head_dim)
             value = both[..., projection.split :].view(slots, kv_heads, head_dim)
         else:
+            normed = rms_norm(layer.input_layernorm, hidden)
             query = attention.q_proj(normed).view(slots, -1, head_dim)
             key = attention.k_proj(normed).view(slots, kv_heads, head_dim)
             query_and_key = torch.cat([query, key], dim=1)
@@ -107,8 +117,20 @@ def decode_step(
             out = torch.nn.functional.scaled_dot_product_attention(
                 grouped, layer_keys, layer_values, attn_mask=mask, scale=scale
             )
-        hidden = hidden + attention.o_proj(out.reshape(slots, 1, heads * head_dim))
-        hidden = hidden + layer.mlp(rms_norm(layer.post_attention_layernorm, hidden))
+        out = out.reshape(slots, 1, heads * head_dim)
+        if "output" in kernels:
+            o_proj = attention.o_proj
+            hidden = decode_linear(out[0], o_proj.weight, o_proj.bias, residual=hidden[0])[None]
+        else:
+            hidden = hidden + attention.o_proj(out)
+        if "mlp" in kernels:
+            mlp, norm = layer.mlp, layer.post_attention_layernorm
+            gated = decode_linear(
+                hidden[0], mlp.gate_proj.weight, norm=norm.weight, eps=norm.variance_epsilon, up=mlp.up_proj.weight
+            )
+            hidden = decode_linear(gated, mlp.down_proj.weight, mlp.down_proj.bias, residual=hidden[0])[None]
+        else:
+            hidden = hidden + layer.mlp(rms_norm(layer.post_attention_layernorm, hidden))
     return rms_norm(decoder.norm, hidden)[:, 0]
 
 
@@ -117,20 +139,77 @@ class StepPaths(NamedTuple):
 
     projections: list[FusedProjection | None] | None
     kernel_attention: bool
+    gemv_units: list[frozenset[str]] | None = None
 
 
 def device_paths(model: torch.nn.Module) -> StepPaths:
     """What the engine passes to :func:`decode_step` on the model's device.
 
-    On CUDA: the fused projections (held for the caller's call) and the decode kernel where it
-    runs and agrees with SDPA there; elsewhere neither (a CPU step is bound by arithmetic, and the
-    modules' own projections keep it closest to transformers).
+    On CUDA: the fused projections (held for the caller's call), the decode kernel where it runs and
+    agrees with SDPA there, and the GEMV kernels where they agree with the modules and are faster
+    (:func:`gemv_units`); elsewhere none (a CPU step is bound by arithmetic, and the modules' own
+    projections keep it closest to transformers).
     """
     if model.device.type != "cuda":
         return StepPaths(None, False)
     _, heads, kv_heads, head_dim = decoder_shape(model)
     usable = kernel_usable(model.device, model.dtype, heads // kv_heads, head_dim)
-    return StepPaths(fused_projections(model.model.language_model), usable)
+    decoder = model.model.language_model
+    return StepPaths(fused_projections(decoder), usable, gemv_units(decoder, model.device, model.dtype))
+
+
+def gemv_units(decoder: torch.nn.Module, device: torch.device, dtype: torch.dtype) -> list[frozenset[str]] | None:
+    """Per layer, the units a one-slot step runs as GEMV kernels; None if none.
+
+    A unit runs as a kernel where the device runs it faster (:func:`~ume_plugins.engine.gemv.gemv_choice`,
+    checked on the shape of the first layer whose units all qualify) and the layer's modules for it are the
+    stock ones, unhooked (an adapter's or a quantised layer keeps its modules).
+    """
+    eligible = [_gemv_eligible(layer) for layer in decoder.layers]
+    # The shape is read from a layer whose modules are all plain (an adapter's may have no ``weight``).
+    whole = [layer for layer, units in zip(decoder.layers, eligible, strict=True) if len(units) == len(UNITS)]
+    if not whole:
+        return None
+    shape = LayerShape.of(whole[0])
+    chosen = gemv_choice(device, dtype, shape)
+    return [units & chosen for units in eligible] if chosen else None
+
+
+# down(silu(gate(x)) * up(x)), as these compute it.
+_STOCK_MLPS = frozenset({"Qwen2MLP", "Qwen2VLMLP"})
+_SILU = frozenset({"SiLU", "SiLUActivation"})
+
+
+def _gemv_eligible(layer: torch.nn.Module) -> frozenset[str]:
+    """The units of ``layer`` whose arithmetic :func:`~ume_plugins.engine.gemv.decode_linear` reproduces."""
+    attention, mlp = layer.self_attn, layer.mlp
+    units = set()
+    if _stock_norm(layer.input_layernorm):
+        units.add("qkv")
+    if _plain_linear(attention.o_proj):
+        units.add("output")
+    parts = [getattr(mlp, name, None) for name in ("gate_proj", "up_proj", "down_proj", "act_fn")]
+    if (
+        type(mlp).__name__ in _STOCK_MLPS
+        and not _hooked(mlp)
+        and _stock_norm(layer.post_attention_layernorm)
+        and all(_plain_linear(part) for part in parts[:3])
+        and parts[0].bias is None
+        and parts[1].bias is None
+        and type(parts[3]).__name__ in _SILU
+        and not _hooked(parts[3])
+    ):
+        units.add("mlp")
+    return frozenset(units)
+
+
+def _project(
+    norm: torch.nn.Module, hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, kernel: bool
+):
+    """``linear(norm(hidden), weight, bias)``: as one GEMV kernel (one slot), or the norm and a GEMM."""
+    if kernel:
+        return decode_linear(hidden[0], weight, bias, norm=norm.weight, eps=norm.variance_epsilon)[None]
+    return torch.nn.functional.linear(rms_norm(norm, hidden), weight, bias)
 
 
 class FusedProjection(NamedTuple):
@@ -152,10 +231,7 @@ def fused_projections(decoder: torch.nn.Module) -> list[FusedProjection | None]:
     fused: list[FusedProjection | None] = []
     for layer in decoder.layers:
         modules = [getattr(layer.self_attn, name) for name in ("q_proj", "k_proj", "v_proj")]
-        plain = all(
-            type(module) is torch.nn.Linear and not (module._forward_hooks or module._forward_pre_hooks)
-            for module in modules
-        )
+        plain = all(_plain_linear(module) for module in modules)
         biased = [module.bias is not None for module in modules] if plain else []
         if not plain or len(set(biased)) != 1:
             fused.append(None)
@@ -171,11 +247,24 @@ _STOCK_NORMS = frozenset({"Qwen2RMSNorm", "Qwen2VLRMSNorm"})
 
 def rms_norm(norm: torch.nn.Module, hidden: torch.Tensor) -> torch.Tensor:
     """``norm(hidden)``; transformers' RMS norm as torch's fused one, rounded where transformers rounds."""
-    if type(norm).__name__ not in _STOCK_NORMS or norm._forward_hooks or norm._forward_pre_hooks:
+    if not _stock_norm(norm):
         return norm(hidden)
     # Like transformers: the statistics and the scaling in float32, rounded to the input's dtype, then
     # the weight (torch's rms_norm upcasts reduced precision itself, in one kernel).
     return norm.weight * torch.nn.functional.rms_norm(hidden, norm.weight.shape, eps=norm.variance_epsilon)
+
+
+def _stock_norm(norm: torch.nn.Module) -> bool:
+    return type(norm).__name__ in _STOCK_NORMS and not _hooked(norm)
+
+
+def _plain_linear(module: torch.nn.Module | None) -> bool:
+    """A ``torch.nn.Linear`` itself (not an adapter's or a quantised subclass) that no hook watches."""
+    return type(module) is torch.nn.Linear and not _hooked(module)
+
+
+def _hooked(module: torch.nn.Module) -> bool:
+    return bool(module._forward_hooks or module._forward_pre_hooks)
 
 
 def _rotary(decoder: torch.nn.Module, hidden: torch.Tensor, positions: torch.Tensor) -> tuple[torch.Tensor, ...]:

@@ -1,0 +1,72 @@
+"""The Triton kernel of :mod:`ume_plugins.engine.gemv` (imported only where Triton is installed)."""
+
+from __future__ import annotations
+
+import triton
+import triton.language as tl
+
+
+@triton.jit
+def linear_kernel(
+    x, weight, up, bias, norm, residual, out, n, k, eps,
+    NORM: tl.constexpr, GATED: tl.constexpr, BIAS: tl.constexpr, RESIDUAL: tl.constexpr,
+    BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, INTERPRETED: tl.constexpr,
+):  # fmt: skip
+    """Each program: ``BLOCK_N`` outputs of one token's (normed) row times the weight, with the epilogue.
+
+    Every value is rounded to the output's dtype where the modules round it; the arithmetic between
+    is float32 (also what Triton's interpreter needs: it has no bf16 arithmetic).
+    """
+    dtype = out.dtype.element_ty
+    rows = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
+    live = rows < n
+    cols = tl.arange(0, BLOCK_K)
+    if NORM:
+        squares = tl.zeros([BLOCK_K], tl.float32)
+        for start in range(0, k, BLOCK_K):
+            value = tl.load(x + start + cols, mask=start + cols < k, other=0.0).to(tl.float32)
+            squares += value * value
+        inverse_rms = tl.math.rsqrt(tl.sum(squares, 0) / k + eps)
+    # Products summed per column across the loop, reduced once at the end: one reduction, not one a block.
+    acc = tl.zeros([BLOCK_N, BLOCK_K], tl.float32)
+    acc_up = tl.zeros([BLOCK_N, BLOCK_K], tl.float32)
+    for start in range(0, k, BLOCK_K):
+        at = start + cols
+        inside = at < k
+        value = tl.load(x + at, mask=inside, other=0.0)
+        if NORM:
+            # transformers' RMS norm: scaled in float32, rounded, times the weight, rounded.
+            value = _rounded(value.to(tl.float32) * inverse_rms, dtype, INTERPRETED)
+            value = _rounded(tl.load(norm + at, mask=inside, other=0.0).to(tl.float32) * value, dtype, INTERPRETED)
+        value = value.to(tl.float32)[None, :]
+        tile = rows[:, None] * k + at[None, :]
+        both = live[:, None] & inside[None, :]
+        acc += tl.load(weight + tile, mask=both, other=0.0).to(tl.float32) * value
+        if GATED:
+            acc_up += tl.load(up + tile, mask=both, other=0.0).to(tl.float32) * value
+    result = tl.sum(acc, 1)
+    if BIAS:
+        result += tl.load(bias + rows, mask=live, other=0.0).to(tl.float32)
+    result = _rounded(result, dtype, INTERPRETED)
+    if GATED:
+        # silu(gate) * up, each rounded as the modules round it.
+        activated = _rounded(result / (1.0 + tl.exp(-result)), dtype, INTERPRETED)
+        result = _rounded(activated * _rounded(tl.sum(acc_up, 1), dtype, INTERPRETED), dtype, INTERPRETED)
+    if RESIDUAL:
+        result += tl.load(residual + rows, mask=live, other=0.0).to(tl.float32)
+    tl.store(out + rows, _rounded(result, dtype, INTERPRETED).to(dtype), mask=live)
+
+
+@triton.jit
+def _rounded(value, dtype: tl.constexpr, INTERPRETED: tl.constexpr):
+    """Float32 ``value`` rounded to ``dtype`` (to nearest, ties to even), as float32.
+
+    The interpreter's own cast to bf16 truncates, so there it is done on the bits.
+    """
+    if INTERPRETED and dtype == tl.bfloat16:
+        bits = value.to(tl.int32, bitcast=True)
+        bits = (bits + 0x7FFF + ((bits >> 16) & 1)) & -65536
+        rounded = bits.to(tl.float32, bitcast=True)
+    else:
+        rounded = value.to(dtype).to(tl.float32)
+    return rounded
