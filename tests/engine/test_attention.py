@@ -21,15 +21,6 @@ SHAPES = [
 ]
 
 
-@pytest.fixture(params=["cpu", pytest.param("cuda", marks=pytest.mark.slow)])
-def device(request):
-    """The CPU under Triton's interpreter (no GPU), or the GPU."""
-    device = torch.device(request.param)
-    if not triton_available(device):
-        pytest.skip(f"the Triton kernel cannot run on {device} in this process")
-    return device
-
-
 def case(slots, kv_heads, group, head_dim, capacity, visible, dtype, device, seed=0):
     generator = torch.Generator().manual_seed(seed)
     # Query heads laid out as the step reshapes them, then viewed per key/value head: not contiguous.
@@ -57,8 +48,8 @@ def poisoned(cache, visible, garbage):
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
 @pytest.mark.parametrize("shape", SHAPES, ids=lambda shape: "x".join(map(str, shape[:5])))
-def test_matches_masked_sdpa(device, shape, dtype):
-    query, keys, values, visible = case(*shape, dtype, device)
+def test_matches_masked_sdpa(triton_device, shape, dtype):
+    query, keys, values, visible = case(*shape, dtype, triton_device)
     scale = shape[3] ** -0.5
     out = decode_attention(query, keys, values, visible, scale)
     assert out.shape == query.shape and out.dtype == dtype
@@ -68,40 +59,40 @@ def test_matches_masked_sdpa(device, shape, dtype):
 
 @pytest.mark.parametrize("chunks", [1, 2])
 @pytest.mark.parametrize("shape", SHAPES[1:3], ids=lambda shape: "x".join(map(str, shape[:5])))
-def test_chunks_of_several_blocks_match_too(device, shape, chunks, monkeypatch):
+def test_chunks_of_several_blocks_match_too(triton_device, shape, chunks, monkeypatch):
     # Many slots get few chunks per (slot, head) row, each several blocks long.
     monkeypatch.setattr(attention, "_TARGET_PROGRAMS", shape[0] * shape[1] * chunks)
-    query, keys, values, visible = case(*shape, torch.float32, device)
+    query, keys, values, visible = case(*shape, torch.float32, triton_device)
     out = decode_attention(query, keys, values, visible, 0.1)
     assert (out - reference(query, keys, values, visible, 0.1)).abs().max().item() <= TOLERANCE[torch.float32]
 
 
 @pytest.mark.parametrize("garbage", [float("nan"), float("inf"), 1e30])
-def test_garbage_past_the_length_changes_nothing(device, garbage):
+def test_garbage_past_the_length_changes_nothing(triton_device, garbage):
     # A value read there would spread NaN or inf into the output (0 * inf is NaN too).
-    query, keys, values, visible = case(3, 2, 6, 64, 300, [1, 64, 299], torch.bfloat16, device)
+    query, keys, values, visible = case(3, 2, 6, 64, 300, [1, 64, 299], torch.bfloat16, triton_device)
     clean = decode_attention(query, keys, values, visible, 0.125)
     keys, values = poisoned(keys, visible, garbage), poisoned(values, visible, garbage)
     assert torch.equal(clean, decode_attention(query, keys, values, visible, 0.125))
 
 
-def test_a_compiled_caller_runs_the_op_as_is(device):
+def test_a_compiled_caller_runs_the_op_as_is(triton_device):
     def attend(query, keys, values, visible):
         return decode_attention(query, keys, values, visible, 0.125) * 2
 
     compiled = torch.compile(attend, backend="aot_eager", dynamic=True, fullgraph=True)
     for slots in (2, 3):
-        inputs = case(slots, 2, 6, 64, 130, [1, 65, 130][:slots], torch.float32, device)
+        inputs = case(slots, 2, 6, 64, 130, [1, 65, 130][:slots], torch.float32, triton_device)
         assert torch.equal(compiled(*inputs), attend(*inputs))
 
 
-def test_the_op_registration_passes_opcheck(device):
-    inputs = case(2, 2, 3, 64, 100, [1, 70], torch.float32, device)
+def test_the_op_registration_passes_opcheck(triton_device):
+    inputs = case(2, 2, 3, 64, 100, [1, 70], torch.float32, triton_device)
     torch.library.opcheck(decode_attention, (*inputs, 0.125))
 
 
-def test_a_head_dim_the_kernel_cannot_tile_is_refused(device):
-    query, keys, values, visible = case(1, 1, 2, 80, 64, [3], torch.float32, device)
+def test_a_head_dim_the_kernel_cannot_tile_is_refused(triton_device):
+    query, keys, values, visible = case(1, 1, 2, 80, 64, [3], torch.float32, triton_device)
     with pytest.raises(ValueError, match="head_dim"):
         decode_attention(query, keys, values, visible, 0.1)
 
@@ -130,9 +121,9 @@ def test_the_cpu_needs_the_interpreter(monkeypatch):
     assert not triton_available(torch.device("cpu"))
 
 
-def test_the_kernel_is_used_only_where_it_builds_and_agrees(device, monkeypatch, caplog):
-    assert kernel_usable(device, torch.float32, 6, 64)
-    assert not kernel_usable(device, torch.float32, 6, 80)  # a head_dim the kernel cannot tile
+def test_the_kernel_is_used_only_where_it_builds_and_agrees(triton_device, monkeypatch, caplog):
+    assert kernel_usable(triton_device, torch.float32, 6, 64)
+    assert not kernel_usable(triton_device, torch.float32, 6, 80)  # a head_dim the kernel cannot tile
 
     def wrong(query, keys, values, visible, scale):
         return torch.zeros_like(query)
@@ -140,7 +131,7 @@ def test_the_kernel_is_used_only_where_it_builds_and_agrees(device, monkeypatch,
     monkeypatch.setattr(attention, "decode_attention", wrong)
     kernel_usable.cache_clear()
     try:
-        assert not kernel_usable(device, torch.float32, 5, 64)
+        assert not kernel_usable(triton_device, torch.float32, 5, 64)
     finally:
         kernel_usable.cache_clear()
     assert "disagrees with SDPA" in caplog.text

@@ -6,20 +6,10 @@ import torch
 pytest.importorskip("triton")  # conftest turns Triton's interpreter on where there is no GPU
 
 from ume_plugins.engine import gemv
-from ume_plugins.engine.attention import triton_available
 from ume_plugins.engine.gemv import LayerShape, decode_linear, gemv_choice, reference_linear
 
 # Sizes that tile evenly, and ones that leave partial blocks in both directions.
 SHAPES = [LayerShape(64, 128, True, 64, 160), LayerShape(96, 100, False, 72, 37)]
-
-
-@pytest.fixture(params=["cpu", pytest.param("cuda", marks=pytest.mark.slow)])
-def device(request):
-    """The CPU under Triton's interpreter (no GPU), or the GPU."""
-    device = torch.device(request.param)
-    if not triton_available(device):
-        pytest.skip(f"the Triton kernel cannot run on {device} in this process")
-    return device
 
 
 def unit_calls(shape, dtype, device):
@@ -27,35 +17,35 @@ def unit_calls(shape, dtype, device):
 
 
 @pytest.mark.parametrize("shape", SHAPES, ids=["even", "ragged"])
-def test_each_unit_computes_what_the_modules_compute(device, shape):
-    for name, call in unit_calls(shape, torch.float32, device):
+def test_each_unit_computes_what_the_modules_compute(triton_device, shape):
+    for name, call in unit_calls(shape, torch.float32, triton_device):
         out = decode_linear(**call)
         assert out.shape == (1, call["weight"].shape[0]) and out.dtype == torch.float32
         torch.testing.assert_close(out, reference_linear(**call), atol=1e-5, rtol=1e-5, msg=name)
 
 
 @pytest.mark.parametrize("shape", SHAPES, ids=["even", "ragged"])
-def test_in_bf16_every_rounding_is_the_modules(device, shape):
+def test_in_bf16_every_rounding_is_the_modules(triton_device, shape):
     # The modules round the norm, the projection, the activation, the product and the sum each to
     # bf16; so does the kernel. On the CPU the sums' order differs too little to show after rounding.
-    for name, call in unit_calls(shape, torch.bfloat16, device):
+    for name, call in unit_calls(shape, torch.bfloat16, triton_device):
         out, expected = decode_linear(**call), reference_linear(**call)
-        if device.type == "cpu":
+        if triton_device.type == "cpu":
             assert torch.equal(out, expected), name
         else:
             torch.testing.assert_close(out, expected, atol=2e-2, rtol=2e-2, msg=name)
 
 
-def test_inputs_the_kernel_does_not_take_are_refused(device):
-    x, weight = torch.randn(2, 8, device=device), torch.randn(4, 8, device=device)
+def test_inputs_the_kernel_does_not_take_are_refused(triton_device):
+    x, weight = torch.randn(2, 8, device=triton_device), torch.randn(4, 8, device=triton_device)
     with pytest.raises(ValueError, match="one token's row, not 2"):
         decode_linear(x, weight)
     with pytest.raises(ValueError, match="no bias for a gated projection"):
-        decode_linear(x[:1], weight, torch.zeros(4, device=device), up=weight)
+        decode_linear(x[:1], weight, torch.zeros(4, device=triton_device), up=weight)
 
 
-def test_a_compiled_caller_runs_the_op_as_is(device):
-    (_, gated), (_, down) = unit_calls(SHAPES[0], torch.float32, device)[-2:]
+def test_a_compiled_caller_runs_the_op_as_is(triton_device):
+    (_, gated), (_, down) = unit_calls(SHAPES[0], torch.float32, triton_device)[-2:]
 
     def mlp(row):
         inner = decode_linear(row, gated["weight"], norm=gated["norm"], eps=1e-6, up=gated["up"])
@@ -65,13 +55,13 @@ def test_a_compiled_caller_runs_the_op_as_is(device):
     assert torch.equal(compiled(gated["x"]), mlp(gated["x"]))
 
 
-def test_the_op_registration_passes_opcheck(device):
-    for _, call in unit_calls(SHAPES[1], torch.float32, device):
+def test_the_op_registration_passes_opcheck(triton_device):
+    for _, call in unit_calls(SHAPES[1], torch.float32, triton_device):
         torch.library.opcheck(decode_linear, (), call)
 
 
-def test_the_kernel_is_used_only_where_it_builds_and_agrees(device, monkeypatch, caplog):
-    assert gemv_choice(device, torch.float32, SHAPES[0]) == frozenset(gemv.UNITS)
+def test_the_kernel_is_used_only_where_it_builds_and_agrees(triton_device, monkeypatch, caplog):
+    assert gemv_choice(triton_device, torch.float32, SHAPES[0]) == frozenset(gemv.UNITS)
 
     def off_by_a_little(*args, **kwargs):
         return reference_linear(*args, **kwargs) * 1.01
@@ -79,7 +69,7 @@ def test_the_kernel_is_used_only_where_it_builds_and_agrees(device, monkeypatch,
     monkeypatch.setattr(gemv, "decode_linear", off_by_a_little)
     gemv_choice.cache_clear()
     try:
-        assert gemv_choice(device, torch.float32, SHAPES[1]) == frozenset()
+        assert gemv_choice(triton_device, torch.float32, SHAPES[1]) == frozenset()
     finally:
         gemv_choice.cache_clear()
     assert "disagrees with the modules" in caplog.text
