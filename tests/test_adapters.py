@@ -177,6 +177,17 @@ def test_adapter_per_call_in_generative_mode(model, both):
         both[0].set_adapter("retrieval")
 
 
+def test_the_cuda_step_paths_leave_adapted_layers_to_peft(both):
+    # The fused projections and the GEMV kernels would compute the base weights only: every layer
+    # peft wrapped (q/v by one adapter, o/down by the other) keeps its modules.
+    from ume_plugins.engine.step import _gemv_eligible, fused_projections, gemv_units
+
+    decoder = both[0].model.model.language_model
+    assert all(projection is None for projection in fused_projections(decoder))
+    assert all(_gemv_eligible(layer) == frozenset({"qkv"}) for layer in decoder.layers)
+    assert gemv_units(decoder, torch.device("cpu"), torch.float32) is None
+
+
 def test_legacy_keys_load_like_their_modern_twin(folders, expected):
     legacy_keys = load_file(folders["legacy"] / "adapter_model.safetensors")
     assert any(key.startswith("base_model.model.model.layers.") for key in legacy_keys)
