@@ -212,6 +212,7 @@ class Bench:
 
         paths = device_paths(self.model)
         taken = {"fused": paths.projections is not None, "kernel": paths.kernel_attention}
+        taken["rotary"] = paths.kernel_rotary
         taken["gemv"] = sorted(paths.gemv_units[0]) if paths.gemv_units else []
         if self.device.type == "cuda" and triton_available(self.device):
             shape = LayerShape.of(self.model.model.language_model.layers[0])
@@ -423,8 +424,8 @@ class Bench:
         LM head) run as the engine runs it (eager, replayed CUDA graph, or compiled) 100 times; per-call
         captures and compilation stay out. The primary contender's step is also timed over the cache
         bucket for 8x its live tokens (what padding costs at batch 1), and without each of the
-        step's device paths (the decode kernel, the fused projections, the GEMV kernels) to show what
-        each is worth.
+        step's device paths (the decode kernel, the fused projections, the GEMV kernels, the rotary
+        kernel) to show what each is worth.
         ``generate`` is timed as the difference of two calls that differ only in their scripted length.
         """
         kernels = None
@@ -452,6 +453,7 @@ class Bench:
                 ("SDPA attention, cache bucket for 8x its tokens", padded, {"kernel": False}),
                 ("three projections", None, {"fused": False}),
                 ("no GEMV kernels", None, {"gemv": False}),
+                ("rotary and cache write as torch operations", None, {"rotary": False}),
             ):
                 seconds, profile = self.slot_step_seconds(contender, live, holds=holds, **paths)
                 self.add_roofline(f"{name}, {label}", seconds, live, profile)
@@ -481,12 +483,13 @@ class Bench:
         fused: bool | None = None,
         kernel: bool | None = None,
         gemv: bool | None = None,
+        rotary: bool | None = None,
     ) -> tuple[float, dict[str, Any] | None]:
         """Seconds of one slot-engine decode step (decoder + LM head) for one slot holding ``live`` tokens.
 
         The cache is the engine's bucket for ``holds`` positions (default ``live + 1``). The step takes
-        the engine's device paths; ``fused`` / ``kernel`` / ``gemv`` False turn off the fused projections /
-        the decode kernel / the GEMV kernels.
+        the engine's device paths; ``fused`` / ``kernel`` / ``gemv`` / ``rotary`` False turn off the fused
+        projections / the decode kernel / the GEMV kernels / the rotary kernel.
 
         Also the profile of the GPU kernels one step launches (what its graph replays); on the CPU, the
         count of aten operations it dispatches, the nearest stand-in.
@@ -510,6 +513,7 @@ class Bench:
             paths.projections if fused is not False else None,
             paths.kernel_attention and kernel is not False,
             paths.gemv_units if gemv is not False else None,
+            paths.kernel_rotary and rotary is not False,
         )
 
         def step() -> None:

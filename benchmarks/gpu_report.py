@@ -93,7 +93,7 @@ def _ratios(results: dict[str, Any]) -> list[str]:
 
 
 def _paths(paths: dict) -> str:
-    names = (("the fused projections", "fused"), ("the decode kernel", "kernel"))
+    names = (("the fused projections", "fused"), ("the decode kernel", "kernel"), ("the rotary kernel", "rotary"))
     taken = [name for name, key in names if paths.get(key)]
     if paths.get("gemv"):
         taken.append(f"the GEMV kernels at one slot ({', '.join(paths['gemv'])})")

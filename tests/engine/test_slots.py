@@ -286,7 +286,7 @@ def test_a_compiled_one_slot_step_with_every_kernel_equals_the_eager_step(module
     cache = [torch.randn(shape, generator=generator) for _ in range(2 * len(decoder.layers))]
     step = {"tokens": torch.tensor([5]), "lengths": torch.tensor([10]), "offsets": torch.tensor([2])}
     step["fed"] = torch.tensor([True])
-    paths = StepPaths(fused_projections(decoder), True, gemv_units(decoder, torch.device("cpu"), torch.float32))
+    paths = StepPaths(fused_projections(decoder), True, gemv_units(decoder, torch.device("cpu"), torch.float32), True)
     step.update(paths._asdict())
     # As the engine compiles it (dynamic shapes), and in one graph: capturable.
     compiled = torch.compile(decode_step, backend="aot_eager", dynamic=True, fullgraph=True)
@@ -373,12 +373,12 @@ def test_the_step_norms_round_where_transformers_rounds_and_hooks_still_see_them
     assert seen == [1]
 
 
-# (fused projections, decode attention kernel, GEMV kernels)
+# (fused projections, decode attention kernel, GEMV kernels, rotary kernel)
 PATHS = {
-    "fused": (True, False, False),
-    "kernel": (False, True, False),
-    "both": (True, True, False),
-    "all": (True, True, True),
+    "fused": (True, False, False, False),
+    "kernel": (False, True, False, False),
+    "rotary": (False, False, False, True),
+    "all": (True, True, True, True),
 }
 
 
@@ -389,15 +389,15 @@ def test_the_cuda_step_paths_decode_like_the_modules_and_sdpa(module, monkeypatc
     from ume_plugins.engine.attention import triton_available
     from ume_plugins.engine.gemv import decode_linear
 
-    fused, kernel, gemv = PATHS[paths]
-    if (kernel or gemv) and not triton_available(torch.device("cpu")):
+    fused, kernel, gemv, rotary = PATHS[paths]
+    if (kernel or gemv or rotary) and not triton_available(torch.device("cpu")):
         pytest.skip("the kernels need Triton (its interpreter on the CPU)")
 
     def on_cuda_paths(run):
         decoder = run.model.model.language_model
         units = gemv_units(decoder, run.model.device, run.model.dtype) if gemv else None
         assert units is None or all(layer == frozenset({"qkv", "output", "mlp"}) for layer in units)
-        run.paths = StepPaths(fused_projections(decoder) if fused else None, kernel, units)
+        run.paths = StepPaths(fused_projections(decoder) if fused else None, kernel, units, rotary)
 
     from ume_plugins.engine import step
 

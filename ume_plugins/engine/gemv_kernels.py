@@ -36,8 +36,8 @@ def linear_kernel(
         value = tl.load(x + at, mask=inside, other=0.0)
         if NORM:
             # transformers' RMS norm: scaled in float32, rounded, times the weight, rounded.
-            value = _rounded(value.to(tl.float32) * inverse_rms, dtype, INTERPRETED)
-            value = _rounded(tl.load(norm + at, mask=inside, other=0.0).to(tl.float32) * value, dtype, INTERPRETED)
+            value = rounded(value.to(tl.float32) * inverse_rms, dtype, INTERPRETED)
+            value = rounded(tl.load(norm + at, mask=inside, other=0.0).to(tl.float32) * value, dtype, INTERPRETED)
         value = value.to(tl.float32)[None, :]
         tile = rows[:, None] * k + at[None, :]
         both = live[:, None] & inside[None, :]
@@ -47,18 +47,18 @@ def linear_kernel(
     result = tl.sum(acc, 1)
     if BIAS:
         result += tl.load(bias + rows, mask=live, other=0.0).to(tl.float32)
-    result = _rounded(result, dtype, INTERPRETED)
+    result = rounded(result, dtype, INTERPRETED)
     if GATED:
         # silu(gate) * up, each rounded as the modules round it.
-        activated = _rounded(result / (1.0 + tl.exp(-result)), dtype, INTERPRETED)
-        result = _rounded(activated * _rounded(tl.sum(acc_up, 1), dtype, INTERPRETED), dtype, INTERPRETED)
+        activated = rounded(result / (1.0 + tl.exp(-result)), dtype, INTERPRETED)
+        result = rounded(activated * rounded(tl.sum(acc_up, 1), dtype, INTERPRETED), dtype, INTERPRETED)
     if RESIDUAL:
         result += tl.load(residual + rows, mask=live, other=0.0).to(tl.float32)
-    tl.store(out + rows, _rounded(result, dtype, INTERPRETED).to(dtype), mask=live)
+    tl.store(out + rows, rounded(result, dtype, INTERPRETED).to(dtype), mask=live)
 
 
 @triton.jit
-def _rounded(value, dtype: tl.constexpr, INTERPRETED: tl.constexpr):
+def rounded(value, dtype: tl.constexpr, INTERPRETED: tl.constexpr):
     """Float32 ``value`` rounded to ``dtype`` (to nearest, ties to even), as float32.
 
     The interpreter's own cast to bf16 truncates, so there it is done on the bits.

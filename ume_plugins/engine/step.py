@@ -28,7 +28,9 @@ its module); and on CUDA the engine passes each layer's query, key and value pro
 weight (:func:`fused_projections`): the three small GEMVs took 0.46 ms of a 2.8 ms step, mostly
 fixed per-kernel cost; fused, 0.15 ms. At one slot each layer can also run as four GEMV kernels
 with the norms, the gated activation and the residual additions fused in
-(:mod:`ume_plugins.engine.gemv`, taken per unit where the device runs it faster: :func:`gemv_units`).
+(:mod:`ume_plugins.engine.gemv`, taken per unit where the device runs it faster: :func:`gemv_units`),
+and a step that is not compiled rotates and caches each layer's heads in one kernel
+(:mod:`ume_plugins.engine.rotary`).
 """
 
 from __future__ import annotations
@@ -41,6 +43,7 @@ import torch
 from ume_plugins.engine.attention import additive_mask, decode_attention, kernel_usable
 from ume_plugins.engine.gemv import UNITS, LayerShape, decode_linear, gemv_choice
 from ume_plugins.engine.hf_model import decoder_shape
+from ume_plugins.engine.rotary import reference_rotate_and_cache, rotary_usable, rotate_and_cache
 
 
 def decode_step(
@@ -54,6 +57,7 @@ def decode_step(
     projections: Sequence[FusedProjection | None] | None = None,
     kernel_attention: bool = False,
     gemv_units: Sequence[frozenset[str]] | None = None,
+    kernel_rotary: bool = False,
 ) -> torch.Tensor:
     """Feed one token per slot and return each slot's final-norm state.
 
@@ -73,13 +77,15 @@ def decode_step(
         gemv_units: Per layer, the units of :data:`ume_plugins.engine.gemv.UNITS` that run as one
             :func:`~ume_plugins.engine.gemv.decode_linear` kernel each when there is one slot (see
             :func:`gemv_units`; "qkv" also needs the layer's fused projection); None: none.
+        kernel_rotary: Rotate and write the cache with :func:`~ume_plugins.engine.rotary.rotate_and_cache`
+            (one kernel a layer) where the step is not being compiled (inductor fuses the torch
+            operations itself); the caller checks it is available.
 
     Returns:
         ``[slots, hidden]`` final-norm states of the fed tokens (the model's dtype).
     """
     slots, capacity = tokens.shape[0], keys[0].shape[2]
     write = torch.where(fed, lengths, torch.zeros_like(lengths))
-    rows = torch.arange(slots, device=tokens.device)
     hidden = decoder.embed_tokens(tokens)[:, None]
     mask = None if kernel_attention else additive_mask(write, capacity, hidden.dtype)
     cos, sin = _rotary(decoder, hidden, (write + offsets).view(1, slots, 1).expand(3, slots, 1))
@@ -104,11 +110,9 @@ def decode_step(
             key = attention.k_proj(normed).view(slots, kv_heads, head_dim)
             query_and_key = torch.cat([query, key], dim=1)
             value = attention.v_proj(normed).view(slots, kv_heads, head_dim)
-        rotated = query_and_key * cos + torch.roll(query_and_key, half, dims=-1) * signed_sin
-        heads = rotated.shape[1] - kv_heads
-        query, key = rotated[:, :heads], rotated[:, heads:]
-        layer_keys[rows, :, write] = key
-        layer_values[rows, :, write] = value
+        heads = query_and_key.shape[1] - kv_heads
+        rotate = rotate_and_cache if kernel_rotary and not torch.compiler.is_compiling() else reference_rotate_and_cache
+        query = rotate(query_and_key, value, cos[:, 0], signed_sin[:, 0], layer_keys, layer_values, write)
         grouped = query.reshape(slots, kv_heads, heads // kv_heads, head_dim)
         scale = getattr(attention, "scaling", head_dim**-0.5)
         if mask is None:
@@ -140,22 +144,25 @@ class StepPaths(NamedTuple):
     projections: list[FusedProjection | None] | None
     kernel_attention: bool
     gemv_units: list[frozenset[str]] | None = None
+    kernel_rotary: bool = False
 
 
 def device_paths(model: torch.nn.Module) -> StepPaths:
     """What the engine passes to :func:`decode_step` on the model's device.
 
     On CUDA: the fused projections (held for the caller's call), the decode kernel where it runs and
-    agrees with SDPA there, and the GEMV kernels where they agree with the modules and are faster
-    (:func:`gemv_units`); elsewhere none (a CPU step is bound by arithmetic, and the modules' own
-    projections keep it closest to transformers).
+    agrees with SDPA there, the GEMV kernels where they agree with the modules and are faster
+    (:func:`gemv_units`), and the rotary kernel where it gives the torch operations' bits;
+    elsewhere none (a CPU step is bound by arithmetic, and the modules' own projections keep it
+    closest to transformers).
     """
     if model.device.type != "cuda":
         return StepPaths(None, False)
     _, heads, kv_heads, head_dim = decoder_shape(model)
     usable = kernel_usable(model.device, model.dtype, heads // kv_heads, head_dim)
     decoder = model.model.language_model
-    return StepPaths(fused_projections(decoder), usable, gemv_units(decoder, model.device, model.dtype))
+    rotary = rotary_usable(model.device, model.dtype, head_dim)
+    return StepPaths(fused_projections(decoder), usable, gemv_units(decoder, model.device, model.dtype), rotary)
 
 
 def gemv_units(decoder: torch.nn.Module, device: torch.device, dtype: torch.dtype) -> list[frozenset[str]] | None:
