@@ -212,7 +212,7 @@ def _gemv_eligible(layer: torch.nn.Module) -> frozenset[str]:
 
 def _project(
     norm: torch.nn.Module, hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, kernel: bool
-):
+) -> torch.Tensor:
     """``linear(norm(hidden), weight, bias)``: as one GEMV kernel (one slot), or the norm and a GEMM."""
     if kernel:
         return decode_linear(hidden[0], weight, bias, norm=norm.weight, eps=norm.variance_epsilon)[None]
