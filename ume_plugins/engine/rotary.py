@@ -55,12 +55,13 @@ def rotate_and_cache(
         raise ValueError(f"head_dim must be an even power of two (tl.arange), not {head_dim}")
     query = torch.empty(slots, heads, head_dim, dtype=query_and_key.dtype, device=query_and_key.device)
     guard = torch.cuda.device(query.device) if query.is_cuda else contextlib.nullcontext()
+    # No fused multiply-add: in float32 it would skip the rounding of each product that torch does.
     with guard:
         _kernel()[(slots, heads + 2 * kv_heads)](
             query_and_key, value, cos, signed_sin, keys, values, write, query,
             *query_and_key.stride(), *value.stride(), *cos.stride(), *signed_sin.stride(),
             *keys.stride(), *values.stride(), heads, kv_heads,
-            HEAD_DIM=head_dim, INTERPRETED=not query.is_cuda,
+            HEAD_DIM=head_dim, INTERPRETED=not query.is_cuda, enable_fp_fusion=False,
         )  # fmt: skip
     return query
 
