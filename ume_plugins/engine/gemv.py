@@ -177,20 +177,10 @@ def gemv_choice(device: torch.device, dtype: torch.dtype, shape: LayerShape) -> 
     """
     if not triton_available(device):
         return frozenset()
-    units = _unit_cases(shape, dtype, device)
-    try:
-        for name, calls in units.items():
-            for call in calls:
-                expected = reference_linear(**call).float()
-                error = (decode_linear(**call).float() - expected).abs().max().item()
-                if not error <= _TOLERANCE[dtype] * max(1.0, expected.abs().max().item()):
-                    logger.warning("The GEMV kernel disagrees with the modules here (%s); not using it", name)
-                    return frozenset()
-    except Exception as error:  # noqa: BLE001 - any build or launch failure means: use the modules
-        logger.warning("The GEMV kernel does not run here (%s); not using it", error)
+    if not _kernel_agrees(shape, dtype, device):
         return frozenset()
     if device.type != "cuda":
-        return frozenset(units)
+        return frozenset(UNITS)
     try:
         seconds = unit_seconds(device, dtype, shape)
     except Exception as error:  # noqa: BLE001 - a capture or timing failure means: use the modules
@@ -214,6 +204,22 @@ def unit_seconds(device: torch.device, dtype: torch.dtype, shape: LayerShape) ->
         )
         seconds[name] = (kernel, modules)
     return seconds
+
+
+def _kernel_agrees(shape: LayerShape, dtype: torch.dtype, device: torch.device) -> bool:
+    """Whether every unit's kernel builds and agrees with the modules (its random weights freed on return)."""
+    try:
+        for name, calls in _unit_cases(shape, dtype, device).items():
+            for call in calls:
+                expected = reference_linear(**call).float()
+                error = (decode_linear(**call).float() - expected).abs().max().item()
+                if not error <= _TOLERANCE[dtype] * max(1.0, expected.abs().max().item()):
+                    logger.warning("The GEMV kernel disagrees with the modules here (%s); not using it", name)
+                    return False
+    except Exception as error:  # noqa: BLE001 - any build or launch failure means: use the modules
+        logger.warning("The GEMV kernel does not run here (%s); not using it", error)
+        return False
+    return True
 
 
 _TOLERANCE = {torch.float32: 1e-4, torch.bfloat16: 2e-2, torch.float16: 2e-3}
