@@ -203,11 +203,11 @@ class Bench:
     def step_paths(self) -> dict[str, Any]:
         """The device paths the slot engine's step takes here (see ``device_paths``).
 
-        On CUDA also what chose the GEMV kernels: each unit's microseconds as the kernel and as the
-        modules (``gemv_unit_us``).
+        On CUDA also what chose the GEMV kernels: each unit's microseconds as its tuned kernels and as the
+        modules, and the configurations the tuning kept (``gemv_units``).
         """
         from ume_plugins.engine.attention import triton_available
-        from ume_plugins.engine.gemv import LayerShape, unit_seconds
+        from ume_plugins.engine.gemv_tuning import LayerShape, unit_timings
         from ume_plugins.engine.step import device_paths
 
         paths = device_paths(self.model)
@@ -217,11 +217,14 @@ class Bench:
         if self.device.type == "cuda" and triton_available(self.device):
             shape = LayerShape.of(self.model.model.language_model.layers[0])
             try:
-                seconds = unit_seconds(self.device, self.dtype, shape)
+                timings = unit_timings(self.device, self.dtype, shape)
             except Exception as error:  # the kernel's failure is already logged; the run goes on
                 print(f"GEMV unit timings unavailable: {error}", flush=True)
             else:
-                taken["gemv_unit_us"] = {name: [run * 1e6, modules * 1e6] for name, (run, modules) in seconds.items()}
+                taken["gemv_units"] = {
+                    name: {"kernel_us": t.kernel * 1e6, "modules_us": t.modules * 1e6, "configs": t.configs}
+                    for name, t in timings.items()
+                }
         return taken
 
     @property
@@ -519,7 +522,7 @@ class Bench:
         def step() -> None:
             tensors = (slots.tokens, slots.lengths, slots.offsets, fed, slots.keys, slots.values)
             hidden = forward(decoder, *tensors, *paths)
-            slots.logits.copy_(self.model.lm_head(hidden).float())
+            slots.logits.copy_(self.model.lm_head(hidden))  # widened by the copy, as the engine does
 
         runner = StepRunner(step, graphs, slots.graph_pool, torch.cuda.Stream() if graphs else None)
         with torch.inference_mode():

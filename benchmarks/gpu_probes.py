@@ -83,54 +83,53 @@ def aten_op_count(step: Any) -> int:
 
 
 def gemv_sweep(layer: torch.nn.Module) -> list[dict[str, Any]]:
-    """Each GEMV-kernel call of a layer timed under a grid of block sizes, against the default and the modules.
+    """Each GEMV-kernel call of a layer timed under a grid of block sizes, and as the default, tuned and modules.
 
-    What tunes ``ume_plugins.engine.gemv._config``: per call (unit, weight shape), the default
-    configuration's time, the best one found and its share of the weights' bytes per second, and the
-    modules' time, each replayed from a CUDA graph.
+    What checks the engine's tuning (``ume_plugins.engine.gemv_tuning``), which tries only a few
+    configurations: per call (unit, weight shape), the default configuration's time, the one the
+    tuning kept, the best of a wider grid and its share of the weights' bytes per second, and the
+    modules' time, each replayed from a CUDA graph over weight copies that overflow the L2 cache.
     """
     from functools import partial
 
-    from ume_plugins.engine import gemv
+    from ume_plugins.engine import gemv, gemv_tuning
 
     weight = layer.self_attn.o_proj.weight
-    default = gemv._config
+    device, dtype = weight.device, weight.dtype
+    gemv_tuning.unit_timings(device, dtype, gemv_tuning.LayerShape.of(layer))  # the tuning, as the engine runs it
     rows = []
-    try:
-        for name, calls in gemv._unit_cases(gemv.LayerShape.of(layer), weight.dtype, weight.device).items():
-            for call in calls:
-                (n, k), gated = call["weight"].shape, call.get("up") is not None
-                chosen = default(n, k, gated, weight.device)
-                grid = {
-                    (block_n, block_k, 4)
-                    for block_n in (2, 4, 8, 16, 32)
-                    for block_k in (256, 512, 1024, 2048)
-                    if block_k <= 2 * k and block_n * block_k <= 16384
+    for name, calls in gemv_tuning._unit_cases(gemv_tuning.LayerShape.of(layer), dtype, device).items():
+        for call in calls:
+            (n, k), gated = call["weight"].shape, call.get("up") is not None
+            default, tuned = gemv.default_config(n, k, gated, device), gemv.launch_config(n, k, gated, dtype, device)
+            grid = {
+                gemv.KernelConfig(block_n, block_k, 4)
+                for block_n in (2, 4, 8, 16, 32)
+                for block_k in (256, 512, 1024, 2048)
+                if block_k <= 2 * k and block_n * block_k <= 16384
+            } | {default, tuned}
+            copies = gemv_tuning.cold_copies(call, device)
+            runs = {config: partial(gemv_tuning._each, partial(gemv.linear_with, config), copies) for config in grid}
+            runs |= {
+                config: partial(gemv_tuning._each, partial(gemv.linear_with, config), copies)
+                for config in (default, tuned)
+            }
+            runs["modules"] = partial(gemv_tuning._each, gemv.reference_linear, copies)
+            seconds = gemv_tuning.graph_seconds(runs, max(1, 20 // len(copies)))
+            seconds = {key: value / len(copies) for key, value in seconds.items()}
+            best = min((key for key in seconds if key != "modules"), key=seconds.__getitem__)
+            read = call["weight"].numel() * call["weight"].element_size() * (2 if gated else 1)
+            rows.append(
+                {
+                    "call": f"{name} {n}x{k}" + (" (gated)" if gated else ""),
+                    "default": list(default),
+                    "default_us": seconds[default] * 1e6,
+                    "tuned": list(tuned),
+                    "tuned_us": seconds[tuned] * 1e6,
+                    "best": list(best),
+                    "best_us": seconds[best] * 1e6,
+                    "best_gbs": read / seconds[best] / 1e9,
+                    "modules_us": seconds["modules"] * 1e6,
                 }
-                seconds = {}
-                for config in sorted(grid | {chosen}):
-                    gemv._config = lambda *args, config=config: config
-                    seconds[config] = gemv._graph_seconds([partial(gemv.decode_linear, **call)])[0]
-                best = min(seconds, key=seconds.get)
-                gemv._config = lambda *args, config=best: (*config[:2], 8)
-                eight_warps = gemv._graph_seconds([partial(gemv.decode_linear, **call)])[0]
-                if eight_warps < seconds[best]:
-                    best = (*best[:2], 8)
-                    seconds[best] = eight_warps
-                gemv._config = default
-                modules = gemv._graph_seconds([partial(gemv.reference_linear, **call)])[0]
-                read = call["weight"].numel() * call["weight"].element_size() * (2 if gated else 1)
-                rows.append(
-                    {
-                        "call": f"{name} {n}x{k}" + (" (gated)" if gated else ""),
-                        "default": list(chosen),
-                        "default_us": seconds[chosen] * 1e6,
-                        "best": list(best),
-                        "best_us": seconds[best] * 1e6,
-                        "best_gbs": read / seconds[best] / 1e9,
-                        "modules_us": modules * 1e6,
-                    }
-                )
-    finally:
-        gemv._config = default
+            )
     return rows

@@ -55,7 +55,7 @@ def markdown(results: dict[str, Any]) -> str:
         lines.append(
             f"| {row['contender']} | {row['inputs']} | {row['batched_size']} | {row['items']} | {row['min']:.4f} |"
         )
-    lines += _gemv(settings.get("step_paths", {}).get("gemv_unit_us"), results.get("gemv_sweep"))
+    lines += _gemv(settings.get("step_paths", {}).get("gemv_units"), results.get("gemv_sweep"))
     kept = results.get("kept")
     if kept:
         lines += [
@@ -101,21 +101,31 @@ def _paths(paths: dict) -> str:
 
 
 def _gemv(units: dict | None, sweep: list | None) -> list[str]:
-    """The GEMV kernels' timings: what chose each unit, and the block-size sweep when it ran."""
+    """The GEMV kernels' timings: what chose each unit (with the tuned block sizes), and the sweep when it ran."""
     lines = []
     if units:
-        lines += ["", "| GEMV unit at one token | kernel us | modules us | taken |", "|---|---|---|---|"]
-        for name, (kernel, modules) in units.items():
-            lines.append(f"| {name} | {kernel:.1f} | {modules:.1f} | {'yes' if kernel < modules else 'no'} |")
+        lines += [
+            "",
+            "| GEMV unit at one token | tuned (BLOCK_N, BLOCK_K, warps) per call | kernel us | modules us | taken |",
+            "|---|---|---|---|---|",
+        ]
+        for name, unit in units.items():
+            configs = ", ".join(str(tuple(config)) for config in unit["configs"])
+            kernel, modules = unit["kernel_us"], unit["modules_us"]
+            lines.append(
+                f"| {name} | {configs} | {kernel:.1f} | {modules:.1f} | {'yes' if kernel < modules else 'no'} |"
+            )
     if sweep:
         lines += [
             "",
-            "| GEMV call | default (BLOCK_N, BLOCK_K, warps) | us | best | us | best GB/s | modules us |",
-            "|---|---|---|---|---|---|---|",
+            "| GEMV call | default (BLOCK_N, BLOCK_K, warps) | us | tuned | us | best of the grid | us | best GB/s "
+            "| modules us |",
+            "|---|---|---|---|---|---|---|---|---|",
         ]
         for row in sweep:
             lines.append(
-                f"| {row['call']} | {tuple(row['default'])} | {row['default_us']:.1f} | {tuple(row['best'])} "
-                f"| {row['best_us']:.1f} | {row['best_gbs']:.0f} | {row['modules_us']:.1f} |"
+                f"| {row['call']} | {tuple(row['default'])} | {row['default_us']:.1f} | {tuple(row['tuned'])} "
+                f"| {row['tuned_us']:.1f} | {tuple(row['best'])} | {row['best_us']:.1f} | {row['best_gbs']:.0f} "
+                f"| {row['modules_us']:.1f} |"
             )
     return lines

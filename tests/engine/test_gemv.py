@@ -5,15 +5,16 @@ import torch
 
 pytest.importorskip("triton")  # conftest turns Triton's interpreter on where there is no GPU
 
-from ume_plugins.engine import gemv
-from ume_plugins.engine.gemv import LayerShape, decode_linear, gemv_choice, reference_linear
+from ume_plugins.engine import gemv, gemv_tuning
+from ume_plugins.engine.gemv import decode_linear, launch_config, linear_with, reference_linear
+from ume_plugins.engine.gemv_tuning import LayerShape, candidate_configs, gemv_choice, tune
 
 # Sizes that tile evenly, and ones that leave partial blocks in both directions.
 SHAPES = [LayerShape(64, 128, True, 64, 160), LayerShape(96, 100, False, 72, 37)]
 
 
 def unit_calls(shape, dtype, device):
-    return [(name, call) for name, calls in gemv._unit_cases(shape, dtype, device).items() for call in calls]
+    return [(name, call) for name, calls in gemv_tuning._unit_cases(shape, dtype, device).items() for call in calls]
 
 
 @pytest.mark.parametrize("shape", SHAPES, ids=["even", "ragged"])
@@ -60,21 +61,75 @@ def test_the_op_registration_passes_opcheck(triton_device):
         torch.library.opcheck(decode_linear, (), call)
 
 
+@pytest.mark.parametrize("shape", SHAPES, ids=["even", "ragged"])
+def test_every_configuration_the_tuning_may_pick_computes_the_same(triton_device, shape):
+    # Whichever block sizes a device is tuned to, the results are the modules' (bit for bit on the CPU).
+    for name, call in unit_calls(shape, torch.bfloat16, triton_device):
+        (n, k), gated = call["weight"].shape, call.get("up") is not None
+        configs = candidate_configs(n, k, gated, triton_device)
+        assert len(configs) >= 3 and len(set(configs)) == len(configs)
+        expected = reference_linear(**call)
+        for config in configs:
+            out = linear_with(config, **call)
+            if triton_device.type == "cpu":
+                assert torch.equal(out, expected), (name, config)
+            else:
+                torch.testing.assert_close(out, expected, atol=2e-2, rtol=2e-2, msg=f"{name} {config}")
+
+
+def test_tuning_keeps_each_calls_fastest_configuration_and_takes_units_faster_than_the_modules(
+    triton_device, monkeypatch
+):
+    # What the tuning does with timings, on any device: a timer that ranks candidates by their
+    # outputs, then columns, per program, then fewer warps, and times the modules faster than every
+    # kernel on the second call it is given (the output projection: calls come in unit order).
+    shape, timed = SHAPES[0], []
+    monkeypatch.setattr(gemv, "_tuned", {})  # what this fake timing tunes stays in this test
+
+    def rank(config):
+        return config.block_n, config.block_k, -config.warps
+
+    def timer(runs, repeats):
+        assert repeats >= 1 and "modules" in runs
+        timed.append(runs)
+        order = sorted((key for key in runs if key != "modules"), key=rank)
+        seconds = {config: 1e-3 / (1 + place) for place, config in enumerate(order)}
+        return {**seconds, "modules": 1e-9 if len(timed) == 2 else 1.0}
+
+    timings = tune(triton_device, torch.float32, shape, timer)
+    assert len(timed) == 4 and set(timings) == set(gemv_tuning.UNITS)
+    assert timings["output"].kernel > timings["output"].modules
+    assert timings["qkv"].kernel < timings["qkv"].modules and timings["mlp"].kernel < timings["mlp"].modules
+    for (name, call), runs, chosen in zip(
+        unit_calls(shape, torch.float32, triton_device),
+        timed,
+        sum((t.configs for t in timings.values()), ()),
+        strict=True,
+    ):
+        (n, k), gated = call["weight"].shape, call.get("up") is not None
+        assert set(runs) - {"modules"} == set(candidate_configs(n, k, gated, triton_device)), name
+        assert chosen == max(set(runs) - {"modules"}, key=rank), name
+        # From now on the op launches with what the tuning kept.
+        assert launch_config(n, k, gated, torch.float32, triton_device) == chosen, name
+
+
 def test_the_kernel_is_used_only_where_it_builds_and_agrees(triton_device, monkeypatch, caplog):
     chosen = gemv_choice(triton_device, torch.float32, SHAPES[0])
-    if triton_device.type == "cuda":  # there also only where it was timed faster than the modules
-        seconds = gemv.unit_seconds(triton_device, torch.float32, SHAPES[0])
-        assert chosen == {name for name, (kernel, modules) in seconds.items() if kernel < modules}
+    if triton_device.type == "cuda":  # there also only where its tuned kernels were timed faster than the modules
+        timings = gemv_tuning.unit_timings(triton_device, torch.float32, SHAPES[0])
+        assert chosen == {name for name, timing in timings.items() if timing.kernel < timing.modules}
     else:
-        assert chosen == frozenset(gemv.UNITS)
+        assert chosen == frozenset(gemv_tuning.UNITS)
 
-    def off_by_a_little(*args, **kwargs):
+    def off_by_a_little(config, *args, **kwargs):
         return reference_linear(*args, **kwargs) * 1.01
 
-    monkeypatch.setattr(gemv, "decode_linear", off_by_a_little)
+    monkeypatch.setattr(gemv, "linear_with", off_by_a_little)
     gemv_choice.cache_clear()
+    gemv_tuning.unit_timings.cache_clear()
     try:
         assert gemv_choice(triton_device, torch.float32, SHAPES[1]) == frozenset()
     finally:
         gemv_choice.cache_clear()
+        gemv_tuning.unit_timings.cache_clear()
     assert "disagrees with the modules" in caplog.text

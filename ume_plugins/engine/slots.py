@@ -188,8 +188,9 @@ class SlotRun:
         hidden = step(decoder, t.tokens, t.lengths, t.offsets, fed, t.keys, t.values, *self.paths)
         write = torch.where(fed, t.lengths, torch.zeros_like(t.lengths))
         t.ids.scatter_(1, write[:, None], torch.where(fed, t.tokens, t.ids[:, 0])[:, None])
-        t.states.copy_(torch.where(stages.final[:, None], hidden.float(), t.states))
-        t.logits.copy_(self.model.lm_head(hidden).float())
+        # Both widen to float32 inside the kernels they run anyway (no conversion kernels of their own).
+        t.states.copy_(torch.where(stages.final[:, None], hidden, t.states))
+        t.logits.copy_(self.model.lm_head(hidden))
         t.lengths.add_(fed.long())
         stages.flags(out=t.flags)
 

@@ -28,7 +28,7 @@ its module); and on CUDA the engine passes each layer's query, key and value pro
 weight (:func:`fused_projections`): the three small GEMVs took 0.46 ms of a 2.8 ms step, mostly
 fixed per-kernel cost; fused, 0.15 ms. At one slot each layer can also run as four GEMV kernels
 with the norms, the gated activation and the residual additions fused in
-(:mod:`ume_plugins.engine.gemv`, taken per unit where the device runs it faster: :func:`gemv_units`),
+(:mod:`ume_plugins.engine.gemv`, tuned and taken per unit where the device runs it faster: :func:`gemv_units`),
 and a step that is not compiled rotates and caches each layer's heads in one kernel
 (:mod:`ume_plugins.engine.rotary`).
 """
@@ -41,7 +41,8 @@ from typing import NamedTuple
 import torch
 
 from ume_plugins.engine.attention import additive_mask, decode_attention, kernel_usable
-from ume_plugins.engine.gemv import UNITS, LayerShape, decode_linear, gemv_choice
+from ume_plugins.engine.gemv import decode_linear
+from ume_plugins.engine.gemv_tuning import UNITS, LayerShape, gemv_choice
 from ume_plugins.engine.hf_model import decoder_shape
 from ume_plugins.engine.rotary import reference_rotate_and_cache, rotary_usable, rotate_and_cache
 
@@ -74,7 +75,7 @@ def decode_step(
         kernel_attention: Attend with the decode kernel of :mod:`ume_plugins.engine.attention`,
             which reads only each slot's live positions (the caller checks it is available);
             False: SDPA over the whole capacity, the live positions masked.
-        gemv_units: Per layer, the units of :data:`ume_plugins.engine.gemv.UNITS` that run as one
+        gemv_units: Per layer, the units of :data:`ume_plugins.engine.gemv_tuning.UNITS` that run as one
             :func:`~ume_plugins.engine.gemv.decode_linear` kernel each when there is one slot (see
             :func:`gemv_units`; "qkv" also needs the layer's fused projection); None: none.
         kernel_rotary: Rotate and write the cache with :func:`~ume_plugins.engine.rotary.rotate_and_cache`
@@ -168,7 +169,7 @@ def device_paths(model: torch.nn.Module) -> StepPaths:
 def gemv_units(decoder: torch.nn.Module, device: torch.device, dtype: torch.dtype) -> list[frozenset[str]] | None:
     """Per layer, the units a one-slot step runs as GEMV kernels; None if none.
 
-    A unit runs as a kernel where the device runs it faster (:func:`~ume_plugins.engine.gemv.gemv_choice`,
+    A unit runs as a kernel where the device runs it faster (:func:`~ume_plugins.engine.gemv_tuning.gemv_choice`,
     checked on the shape of the first layer whose units all qualify) and the layer's modules for it are the
     stock ones, unhooked (an adapter's or a quantised layer keeps its modules).
     """
