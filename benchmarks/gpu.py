@@ -213,6 +213,7 @@ class Bench:
         paths = device_paths(self.model)
         taken = {"fused": paths.projections is not None, "kernel": paths.kernel_attention}
         taken["rotary"] = paths.kernel_rotary
+        taken["rotary_in_gemv"] = paths.fused_rotary
         taken["gemv"] = sorted(paths.gemv_units[0]) if paths.gemv_units else []
         if self.device.type == "cuda" and triton_available(self.device):
             shape = LayerShape.of(self.model.model.language_model.layers[0])
@@ -428,7 +429,7 @@ class Bench:
         captures and compilation stay out. The primary contender's step is also timed over the cache
         bucket for 8x its live tokens (what padding costs at batch 1), and without each of the
         step's device paths (the decode kernel, the fused projections, the GEMV kernels, the rotary
-        kernel) to show what each is worth.
+        kernel, the rotary inside the GEMV kernel) to show what each is worth.
         ``generate`` is timed as the difference of two calls that differ only in their scripted length.
         """
         kernels = None
@@ -457,6 +458,7 @@ class Bench:
                 ("three projections", None, {"fused": False}),
                 ("no GEMV kernels", None, {"gemv": False}),
                 ("rotary and cache write as torch operations", None, {"rotary": False}),
+                ("rotary and cache write in a kernel of their own", None, {"rotary_in_gemv": False}),
             ):
                 seconds, profile = self.slot_step_seconds(contender, live, holds=holds, **paths)
                 self.add_roofline(f"{name}, {label}", seconds, live, profile)
@@ -487,12 +489,14 @@ class Bench:
         kernel: bool | None = None,
         gemv: bool | None = None,
         rotary: bool | None = None,
+        rotary_in_gemv: bool | None = None,
     ) -> tuple[float, dict[str, Any] | None]:
         """Seconds of one slot-engine decode step (decoder + LM head) for one slot holding ``live`` tokens.
 
         The cache is the engine's bucket for ``holds`` positions (default ``live + 1``). The step takes
-        the engine's device paths; ``fused`` / ``kernel`` / ``gemv`` / ``rotary`` False turn off the fused
-        projections / the decode kernel / the GEMV kernels / the rotary kernel.
+        the engine's device paths; ``fused`` / ``kernel`` / ``gemv`` / ``rotary`` / ``rotary_in_gemv`` False
+        turn off the fused projections / the decode kernel / the GEMV kernels / the rotary kernel / the rotary
+        inside the query/key/value GEMV kernel.
 
         Also the profile of the GPU kernels one step launches (what its graph replays); on the CPU, the
         count of aten operations it dispatches, the nearest stand-in.
@@ -517,6 +521,7 @@ class Bench:
             paths.kernel_attention and kernel is not False,
             paths.gemv_units if gemv is not False else None,
             paths.kernel_rotary and rotary is not False,
+            paths.fused_rotary and rotary_in_gemv is not False,
         )
 
         def step() -> None:

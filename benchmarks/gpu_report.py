@@ -97,6 +97,8 @@ def _paths(paths: dict) -> str:
     taken = [name for name, key in names if paths.get(key)]
     if paths.get("gemv"):
         taken.append(f"the GEMV kernels at one slot ({', '.join(paths['gemv'])})")
+    if paths.get("rotary_in_gemv"):
+        taken.append("the rotary inside the query/key/value GEMV kernel")
     return "takes " + ", ".join(taken) if taken else "runs the modules' projections and SDPA"
 
 

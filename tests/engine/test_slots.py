@@ -286,7 +286,8 @@ def test_a_compiled_one_slot_step_with_every_kernel_equals_the_eager_step(module
     cache = [torch.randn(shape, generator=generator) for _ in range(2 * len(decoder.layers))]
     step = {"tokens": torch.tensor([5]), "lengths": torch.tensor([10]), "offsets": torch.tensor([2])}
     step["fed"] = torch.tensor([True])
-    paths = StepPaths(fused_projections(decoder), True, gemv_units(decoder, torch.device("cpu"), torch.float32), True)
+    units = gemv_units(decoder, torch.device("cpu"), torch.float32)
+    paths = StepPaths(fused_projections(decoder), True, units, True, True)
     step.update(paths._asdict())
     # As the engine compiles it (dynamic shapes), and in one graph: capturable.
     compiled = torch.compile(decode_step, backend="aot_eager", dynamic=True, fullgraph=True)
@@ -373,12 +374,12 @@ def test_the_step_norms_round_where_transformers_rounds_and_hooks_still_see_them
     assert seen == [1]
 
 
-# (fused projections, decode attention kernel, GEMV kernels, rotary kernel)
+# (fused projections, decode attention kernel, GEMV kernels, rotary kernel, rotary inside the GEMV kernel)
 PATHS = {
-    "fused": (True, False, False, False),
-    "kernel": (False, True, False, False),
-    "rotary": (False, False, False, True),
-    "all": (True, True, True, True),
+    "fused": (True, False, False, False, False),
+    "kernel": (False, True, False, False, False),
+    "rotary": (False, False, False, True, False),
+    "all": (True, True, True, True, True),
 }
 
 
@@ -387,9 +388,8 @@ def test_the_cuda_step_paths_decode_like_the_modules_and_sdpa(module, monkeypatc
     # The engine takes these paths on CUDA only; take them on the CPU here (the kernels in Triton's
     # interpreter), where the arithmetic can be compared. The GEMV kernels run at one slot only.
     from ume_plugins.engine.attention import triton_available
-    from ume_plugins.engine.gemv import decode_linear
 
-    fused, kernel, gemv, rotary = PATHS[paths]
+    fused, kernel, gemv, rotary, rotary_in_gemv = PATHS[paths]
     if (kernel or gemv or rotary) and not triton_available(torch.device("cpu")):
         pytest.skip("the kernels need Triton (its interpreter on the CPU)")
 
@@ -397,22 +397,29 @@ def test_the_cuda_step_paths_decode_like_the_modules_and_sdpa(module, monkeypatc
         decoder = run.model.model.language_model
         units = gemv_units(decoder, run.model.device, run.model.dtype) if gemv else None
         assert units is None or all(layer == frozenset({"qkv", "output", "mlp"}) for layer in units)
-        run.paths = StepPaths(fused_projections(decoder) if fused else None, kernel, units, rotary)
+        run.paths = StepPaths(fused_projections(decoder) if fused else None, kernel, units, rotary, rotary_in_gemv)
 
     from ume_plugins.engine import step
 
-    calls = []
+    calls = {"decode_linear": [], "project_rotate_and_cache": []}
 
-    def counted(*args, **kwargs):
-        calls.append(1)
-        return decode_linear(*args, **kwargs)
+    def counted(name):
+        op = getattr(step, name)
+
+        def call(*args, **kwargs):
+            calls[name].append(1)
+            return op(*args, **kwargs)
+
+        return call
 
     inputs = INPUTS["mixed"] if max_slots > 1 else INPUTS["mixed"][:3]
     plain = rollouts(module, inputs, "slots", spec={"max_slots": max_slots}, **GREEDY)
     adjust_runs(monkeypatch, on_cuda_paths)
-    monkeypatch.setattr(step, "decode_linear", counted)
+    for name in calls:
+        monkeypatch.setattr(step, name, counted(name))
     assert_same(plain, rollouts(module, inputs, "slots", spec={"max_slots": max_slots}, **GREEDY))
-    assert bool(calls) == (gemv and max_slots == 1)
+    assert bool(calls["decode_linear"]) == (gemv and max_slots == 1)
+    assert bool(calls["project_rotate_and_cache"]) == (rotary_in_gemv and max_slots == 1)
 
 
 def test_the_gemv_kernels_leave_hooked_and_adapted_modules_to_themselves(module):

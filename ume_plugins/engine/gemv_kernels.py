@@ -1,4 +1,4 @@
-"""The Triton kernel of :mod:`ume_plugins.engine.gemv` (imported only where Triton is installed)."""
+"""The Triton kernel of :mod:`ume_plugins.engine.gemv` and its parts (imported only where Triton is installed)."""
 
 from __future__ import annotations
 
@@ -21,24 +21,16 @@ def linear_kernel(
     rows = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
     live = rows < n
     cols = tl.arange(0, BLOCK_K)
+    inverse = 1.0
     if NORM:
-        squares = tl.zeros([BLOCK_K], tl.float32)
-        for start in range(0, k, BLOCK_K):
-            value = tl.load(x + start + cols, mask=start + cols < k, other=0.0).to(tl.float32)
-            squares += value * value
-        inverse_rms = tl.math.rsqrt(tl.sum(squares, 0) / k + eps)
+        inverse = inverse_rms(x, k, eps, BLOCK_K)
     # Products summed per column across the loop, reduced once at the end: one reduction, not one a block.
     acc = tl.zeros([BLOCK_N, BLOCK_K], tl.float32)
     acc_up = tl.zeros([BLOCK_N, BLOCK_K], tl.float32)
     for start in range(0, k, BLOCK_K):
         at = start + cols
         inside = at < k
-        value = tl.load(x + at, mask=inside, other=0.0)
-        if NORM:
-            # transformers' RMS norm: scaled in float32, rounded, times the weight, rounded.
-            value = rounded(value.to(tl.float32) * inverse_rms, dtype, INTERPRETED)
-            value = rounded(tl.load(norm + at, mask=inside, other=0.0).to(tl.float32) * value, dtype, INTERPRETED)
-        value = value.to(tl.float32)[None, :]
+        value = input_block(x, norm, at, inside, inverse, NORM, dtype, INTERPRETED)[None, :]
         tile = rows[:, None] * k + at[None, :]
         both = live[:, None] & inside[None, :]
         acc += tl.load(weight + tile, mask=both, other=0.0).to(tl.float32) * value
@@ -55,6 +47,28 @@ def linear_kernel(
     if RESIDUAL:
         result += tl.load(residual + rows, mask=live, other=0.0).to(tl.float32)
     tl.store(out + rows, rounded(result, dtype, INTERPRETED).to(dtype), mask=live)
+
+
+@triton.jit
+def inverse_rms(x, k, eps, BLOCK_K: tl.constexpr):
+    """``1 / rms`` of the ``k`` values at ``x``, in float32 (what transformers' RMS norm scales by)."""
+    cols = tl.arange(0, BLOCK_K)
+    squares = tl.zeros([BLOCK_K], tl.float32)
+    for start in range(0, k, BLOCK_K):
+        value = tl.load(x + start + cols, mask=start + cols < k, other=0.0).to(tl.float32)
+        squares += value * value
+    return tl.math.rsqrt(tl.sum(squares, 0) / k + eps)
+
+
+@triton.jit
+def input_block(x, norm, at, inside, inverse, NORM: tl.constexpr, dtype: tl.constexpr, INTERPRETED: tl.constexpr):
+    """Columns ``at`` of the input row as float32, through the RMS norm (``inverse`` = 1 / rms) when ``NORM``."""
+    value = tl.load(x + at, mask=inside, other=0.0)
+    if NORM:
+        # transformers' RMS norm: scaled in float32, rounded, times the weight, rounded.
+        value = rounded(value.to(tl.float32) * inverse, dtype, INTERPRETED)
+        value = rounded(tl.load(norm + at, mask=inside, other=0.0).to(tl.float32) * value, dtype, INTERPRETED)
+    return value.to(tl.float32)
 
 
 @triton.jit

@@ -7,6 +7,11 @@ step each layer, as much as its attention); :func:`rotate_and_cache` does it in 
 those operations round, so results are the same bits. Under ``torch.compile`` the step keeps the
 torch operations: inductor fuses them into one kernel itself. The kernel lives in
 :mod:`ume_plugins.engine.rotary_kernels`, imported on first use.
+
+At one slot, where the step also runs the layer's input norm and query/key/value projection as a
+GEMV kernel (:mod:`ume_plugins.engine.gemv`), :func:`project_rotate_and_cache` does the projection,
+the rotation and the cache write in that one kernel: each of its programs computes pairs of outputs
+half a head apart, the two values the rotation mixes.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ import logging
 import torch
 
 from ume_plugins.engine.attention import triton_available
+from ume_plugins.engine.gemv import launch_config, reference_linear
 
 logger = logging.getLogger(__name__)
 
@@ -122,6 +128,132 @@ def rotary_usable(device: torch.device, dtype: torch.dtype, head_dim: int) -> bo
         logger.warning("The rotary kernel differs from the torch operations here; using them")
         return False
     return True
+
+
+@torch.library.custom_op("ume_plugins::project_rotate_and_cache", mutates_args=("keys", "values"))
+def project_rotate_and_cache(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    norm: torch.Tensor,
+    eps: float,
+    cos: torch.Tensor,
+    signed_sin: torch.Tensor,
+    keys: torch.Tensor,
+    values: torch.Tensor,
+    write: torch.Tensor,
+) -> torch.Tensor:
+    """One token's normed query/key/value projection, rotated and cached; returns the rotated queries.
+
+    :func:`~ume_plugins.engine.gemv.decode_linear` (with ``norm``) followed by :func:`rotate_and_cache`,
+    in one kernel. The caller checks :func:`projection_rotary_usable` first.
+
+    Args:
+        x: ``[1, hidden]`` the token's row, before the layer's input norm.
+        weight: ``[(heads + 2 * kv_heads) * head_dim, hidden]`` the query, key and value weights stacked.
+        bias: Their biases stacked, or None.
+        norm: ``[hidden]`` the input RMS norm's weight.
+        eps: Its epsilon.
+        cos: ``[1, head_dim]`` the rotation's cosines at the slot's position.
+        signed_sin: ``[1, head_dim]`` its sines, the first half negated.
+        keys: ``[1, kv_heads, capacity, head_dim]`` the key cache, written in place.
+        values: The value cache, likewise.
+        write: ``[1]`` int64, the position written.
+
+    Returns:
+        ``[1, heads, head_dim]`` the rotated query heads.
+    """
+    _, kv_heads, _, head_dim = keys.shape
+    n, k = weight.shape
+    heads = n // head_dim - 2 * kv_heads
+    if x.shape[0] != 1 or keys.shape[0] != 1:
+        raise ValueError(f"project_rotate_and_cache takes one slot's row, not {x.shape[0]}")
+    if head_dim & (head_dim - 1) or head_dim < 2 or heads < 1 or n % head_dim:
+        raise ValueError(f"a weight of {n} rows is not query, key and value heads of {head_dim} (a power of two)")
+    x, weight = x.contiguous(), weight.contiguous()
+    query = torch.empty(1, heads, head_dim, dtype=x.dtype, device=x.device)
+    block_n, block_k, warps = launch_config(n, k, False, x.dtype, x.device)
+    pairs = max(1, min(block_n // 2, head_dim // 2))  # both powers of two: pairs divide half a head
+    guard = torch.cuda.device(x.device) if x.is_cuda else contextlib.nullcontext()
+    with guard:
+        _projection_kernel()[(n // 2 // pairs,)](
+            x, weight, bias if bias is not None else x, norm, cos, signed_sin, keys, values, write, query,
+            k, eps, *keys.stride()[1:], *values.stride()[1:], heads, kv_heads,
+            PAIRS=pairs, BLOCK_K=block_k, HEAD_DIM=head_dim, BIAS=bias is not None, INTERPRETED=not x.is_cuda,
+            num_warps=warps, enable_fp_fusion=x.dtype != torch.float32,
+        )  # fmt: skip
+    return query
+
+
+@project_rotate_and_cache.register_fake
+def _(x, weight, bias, norm, eps, cos, signed_sin, keys, values, write):
+    _, kv_heads, _, head_dim = keys.shape
+    return x.new_empty(1, weight.shape[0] // head_dim - 2 * kv_heads, head_dim)
+
+
+def reference_project_rotate_and_cache(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    norm: torch.Tensor,
+    eps: float,
+    cos: torch.Tensor,
+    signed_sin: torch.Tensor,
+    keys: torch.Tensor,
+    values: torch.Tensor,
+    write: torch.Tensor,
+) -> torch.Tensor:
+    """What :func:`project_rotate_and_cache` does, as the modules and torch operations do it."""
+    _, kv_heads, _, head_dim = keys.shape
+    projected = reference_linear(x, weight, bias, norm=norm, eps=eps).view(1, -1, head_dim)
+    query_and_key, value = projected[:, :-kv_heads], projected[:, -kv_heads:]
+    return reference_rotate_and_cache(query_and_key, value, cos, signed_sin, keys, values, write)
+
+
+@functools.cache
+def projection_rotary_usable(
+    device: torch.device, dtype: torch.dtype, heads: int, kv_heads: int, head_dim: int
+) -> bool:
+    """Whether :func:`project_rotate_and_cache` runs on ``device`` and agrees with the modules there.
+
+    Checked once per process on a small random case of this head layout: the queries and the cached
+    keys and values must agree as closely as the GEMV kernel does (its sums run in another order than
+    cuBLAS's; the rotation's rounding is the torch operations'), and the rest of the cache must stay.
+    A kernel that fails to build or disagrees is not used, with one warning.
+    """
+    if not triton_available(device) or head_dim < 2 or head_dim & (head_dim - 1):
+        return False
+    generator = torch.Generator().manual_seed(0)
+    hidden, n, capacity = 96, (heads + 2 * kv_heads) * head_dim, 8
+
+    def rand(*size: int, scale: float = 1.0) -> torch.Tensor:
+        return (torch.randn(*size, generator=generator) * scale).to(device, dtype)
+
+    inputs = [rand(1, hidden), rand(n, hidden, scale=hidden**-0.5), rand(n), 1 + rand(hidden, scale=0.1), 1e-6]
+    inputs += [rand(1, head_dim), rand(1, head_dim), rand(1, kv_heads, capacity, head_dim)]
+    inputs += [rand(1, kv_heads, capacity, head_dim), torch.tensor([5], device=device)]
+    expected_inputs = [value.clone() if isinstance(value, torch.Tensor) else value for value in inputs]
+    try:
+        query = project_rotate_and_cache(*inputs)
+    except Exception as error:  # noqa: BLE001 - any build or launch failure means: two kernels
+        logger.warning("The fused projection and rotary kernel does not run here (%s); not using it", error)
+        return False
+    expected = reference_project_rotate_and_cache(*expected_inputs)
+    tolerance = {torch.float32: 1e-4, torch.bfloat16: 2e-2, torch.float16: 2e-3}[dtype]
+    written = [(inputs[i][:, :, 5], expected_inputs[i][:, :, 5]) for i in (7, 8)]
+    kept = [(inputs[i][:, :, :5], expected_inputs[i][:, :, :5]) for i in (7, 8)]
+    close = all(torch.allclose(a.float(), b.float(), atol=tolerance, rtol=0) for a, b in [(query, expected), *written])
+    if not close or not all(torch.equal(a, b) for a, b in kept):
+        logger.warning("The fused projection and rotary kernel disagrees with the modules here; not using it")
+        return False
+    return True
+
+
+@functools.cache
+def _projection_kernel():
+    from ume_plugins.engine.rotary_kernels import projection_rotary_kernel
+
+    return projection_rotary_kernel
 
 
 @functools.cache

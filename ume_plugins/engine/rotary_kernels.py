@@ -1,11 +1,11 @@
-"""The Triton kernel of :mod:`ume_plugins.engine.rotary` (imported only where Triton is installed)."""
+"""The Triton kernels of :mod:`ume_plugins.engine.rotary` (imported only where Triton is installed)."""
 
 from __future__ import annotations
 
 import triton
 import triton.language as tl
 
-from ume_plugins.engine.gemv_kernels import rounded
+from ume_plugins.engine.gemv_kernels import input_block, inverse_rms, rounded
 
 
 @triton.jit
@@ -40,3 +40,62 @@ def rotate_kernel(
         kv_head = head - heads - kv_heads
         v = tl.load(value + slot * sv0 + kv_head * sv1 + d * sv2)
         tl.store(values + slot * svv0 + kv_head * svv1 + at * svv2 + d * svv3, v)
+
+
+@triton.jit
+def projection_rotary_kernel(
+    x, weight, bias, norm, cos, signed_sin, keys, values, write, query,
+    k, eps, sk1, sk2, sk3, sv1, sv2, sv3, heads, kv_heads,
+    PAIRS: tl.constexpr, BLOCK_K: tl.constexpr, HEAD_DIM: tl.constexpr, BIAS: tl.constexpr,
+    INTERPRETED: tl.constexpr,
+):  # fmt: skip
+    """Each program: ``PAIRS`` output pairs ``(i, i + HEAD_DIM / 2)`` of one head, rotated and stored.
+
+    The outputs are the normed row times the query/key/value weight; query heads are rotated and
+    stored, key heads rotated into the cache, value heads cached.
+
+    A pair is what the rotation mixes (``roll`` by half a head), so a program rotates what it computed.
+    Rounding is the modules' (projection) and the torch operations' (rotation), as in
+    :func:`~ume_plugins.engine.gemv_kernels.linear_kernel` and :func:`rotate_kernel`.
+    """
+    dtype = query.dtype.element_ty
+    half: tl.constexpr = HEAD_DIM // 2
+    first = tl.program_id(0) * PAIRS
+    head = first // half  # PAIRS divides half: a program's pairs lie in one head
+    d = first % half + tl.arange(0, PAIRS)
+    low = head * HEAD_DIM + d
+    cols = tl.arange(0, BLOCK_K)
+    inverse = inverse_rms(x, k, eps, BLOCK_K)
+    acc_low = tl.zeros([PAIRS, BLOCK_K], tl.float32)
+    acc_high = tl.zeros([PAIRS, BLOCK_K], tl.float32)
+    for start in range(0, k, BLOCK_K):
+        at = start + cols
+        inside = at < k
+        value = input_block(x, norm, at, inside, inverse, True, dtype, INTERPRETED)[None, :]
+        tile = low[:, None] * k + at[None, :]
+        acc_low += tl.load(weight + tile, mask=inside[None, :], other=0.0).to(tl.float32) * value
+        acc_high += tl.load(weight + tile + half * k, mask=inside[None, :], other=0.0).to(tl.float32) * value
+    x_low, x_high = tl.sum(acc_low, 1), tl.sum(acc_high, 1)
+    if BIAS:
+        x_low += tl.load(bias + low).to(tl.float32)
+        x_high += tl.load(bias + low + half).to(tl.float32)
+    x_low, x_high = rounded(x_low, dtype, INTERPRETED), rounded(x_high, dtype, INTERPRETED)
+    at = tl.load(write)
+    if head < heads + kv_heads:
+        # x * cos + roll(x, half) * signed_sin: the low half takes the high half's values and back.
+        c_low, c_high = tl.load(cos + d).to(tl.float32), tl.load(cos + half + d).to(tl.float32)
+        s_low, s_high = tl.load(signed_sin + d).to(tl.float32), tl.load(signed_sin + half + d).to(tl.float32)
+        low_cos, low_sin = rounded(x_low * c_low, dtype, INTERPRETED), rounded(x_high * s_low, dtype, INTERPRETED)
+        high_cos, high_sin = rounded(x_high * c_high, dtype, INTERPRETED), rounded(x_low * s_high, dtype, INTERPRETED)
+        r_low, r_high = rounded(low_cos + low_sin, dtype, INTERPRETED), rounded(high_cos + high_sin, dtype, INTERPRETED)
+        if head < heads:
+            tl.store(query + head * HEAD_DIM + d, r_low.to(dtype))
+            tl.store(query + head * HEAD_DIM + half + d, r_high.to(dtype))
+        else:
+            cached = keys + (head - heads) * sk1 + at * sk2
+            tl.store(cached + d * sk3, r_low.to(keys.dtype.element_ty))
+            tl.store(cached + (half + d) * sk3, r_high.to(keys.dtype.element_ty))
+    else:
+        cached = values + (head - heads - kv_heads) * sv1 + at * sv2
+        tl.store(cached + d * sv3, x_low.to(values.dtype.element_ty))
+        tl.store(cached + (half + d) * sv3, x_high.to(values.dtype.element_ty))

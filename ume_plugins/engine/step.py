@@ -30,7 +30,7 @@ fixed per-kernel cost; fused, 0.15 ms. At one slot each layer can also run as fo
 with the norms, the gated activation and the residual additions fused in
 (:mod:`ume_plugins.engine.gemv`, tuned and taken per unit where the device runs it faster: :func:`gemv_units`),
 and a step that is not compiled rotates and caches each layer's heads in one kernel
-(:mod:`ume_plugins.engine.rotary`).
+(:mod:`ume_plugins.engine.rotary`), at one slot inside the query/key/value GEMV kernel itself.
 """
 
 from __future__ import annotations
@@ -44,7 +44,13 @@ from ume_plugins.engine.attention import additive_mask, decode_attention, kernel
 from ume_plugins.engine.gemv import decode_linear
 from ume_plugins.engine.gemv_tuning import UNITS, LayerShape, gemv_choice
 from ume_plugins.engine.hf_model import decoder_shape
-from ume_plugins.engine.rotary import reference_rotate_and_cache, rotary_usable, rotate_and_cache
+from ume_plugins.engine.rotary import (
+    project_rotate_and_cache,
+    projection_rotary_usable,
+    reference_rotate_and_cache,
+    rotary_usable,
+    rotate_and_cache,
+)
 
 
 def decode_step(
@@ -59,6 +65,7 @@ def decode_step(
     kernel_attention: bool = False,
     gemv_units: Sequence[frozenset[str]] | None = None,
     kernel_rotary: bool = False,
+    fused_rotary: bool = False,
 ) -> torch.Tensor:
     """Feed one token per slot and return each slot's final-norm state.
 
@@ -81,6 +88,9 @@ def decode_step(
         kernel_rotary: Rotate and write the cache with :func:`~ume_plugins.engine.rotary.rotate_and_cache`
             (one kernel a layer) where the step is not being compiled (inductor fuses the torch
             operations itself); the caller checks it is available.
+        fused_rotary: Where a layer's "qkv" unit runs as a GEMV kernel and ``kernel_rotary`` holds,
+            project, rotate and cache in that one kernel
+            (:func:`~ume_plugins.engine.rotary.project_rotate_and_cache`; the caller checks it is available).
 
     Returns:
         ``[slots, hidden]`` final-norm states of the fed tokens (the model's dtype).
@@ -89,6 +99,7 @@ def decode_step(
     write = torch.where(fed, lengths, torch.zeros_like(lengths))
     hidden = decoder.embed_tokens(tokens)[:, None]
     mask = None if kernel_attention else additive_mask(write, capacity, hidden.dtype)
+    visible = write + 1  # once a step, not once a layer (a kernel each)
     cos, sin = _rotary(decoder, hidden, (write + offsets).view(1, slots, 1).expand(3, slots, 1))
     # rotate_half(x) * sin == roll(x, half) * signed_sin, exactly (a negation is exact).
     half = sin.shape[-1] // 2
@@ -96,28 +107,25 @@ def decode_step(
     fused = projections or [None] * len(decoder.layers)
     # The kernels take one token's row: at more slots the modules' GEMMs run.
     units = gemv_units if gemv_units is not None and slots == 1 else [frozenset()] * len(decoder.layers)
+    rotate = rotate_and_cache if kernel_rotary and not torch.compiler.is_compiling() else reference_rotate_and_cache
     layers = zip(decoder.layers, keys, values, fused, units, strict=True)
     for layer, layer_keys, layer_values, projection, kernels in layers:
         attention = layer.self_attn
         kv_heads, head_dim = layer_keys.shape[1], layer_keys.shape[3]
-        # Query and key heads side by side, rotated together: the same arithmetic in a third of the kernels.
-        if projection is not None:
-            both = _project(layer.input_layernorm, hidden, projection.weight, projection.bias, "qkv" in kernels)
-            query_and_key = both[..., : projection.split].view(slots, -1, head_dim)
-            value = both[..., projection.split :].view(slots, kv_heads, head_dim)
+        if projection is not None and "qkv" in kernels and fused_rotary and rotate is rotate_and_cache:
+            norm = layer.input_layernorm
+            query = project_rotate_and_cache(
+                hidden[0], projection.weight, projection.bias, norm.weight, norm.variance_epsilon,
+                cos[:, 0], signed_sin[:, 0], layer_keys, layer_values, write,
+            )  # fmt: skip
         else:
-            normed = rms_norm(layer.input_layernorm, hidden)
-            query = attention.q_proj(normed).view(slots, -1, head_dim)
-            key = attention.k_proj(normed).view(slots, kv_heads, head_dim)
-            query_and_key = torch.cat([query, key], dim=1)
-            value = attention.v_proj(normed).view(slots, kv_heads, head_dim)
-        heads = query_and_key.shape[1] - kv_heads
-        rotate = rotate_and_cache if kernel_rotary and not torch.compiler.is_compiling() else reference_rotate_and_cache
-        query = rotate(query_and_key, value, cos[:, 0], signed_sin[:, 0], layer_keys, layer_values, write)
+            query_and_key, value = _query_key_value(layer, hidden, projection, "qkv" in kernels, kv_heads, head_dim)
+            query = rotate(query_and_key, value, cos[:, 0], signed_sin[:, 0], layer_keys, layer_values, write)
+        heads = query.shape[1]
         grouped = query.reshape(slots, kv_heads, heads // kv_heads, head_dim)
         scale = getattr(attention, "scaling", head_dim**-0.5)
         if mask is None:
-            out = decode_attention(grouped, layer_keys, layer_values, write + 1, scale)
+            out = decode_attention(grouped, layer_keys, layer_values, visible, scale)
         else:
             out = torch.nn.functional.scaled_dot_product_attention(
                 grouped, layer_keys, layer_values, attn_mask=mask, scale=scale
@@ -146,6 +154,7 @@ class StepPaths(NamedTuple):
     kernel_attention: bool
     gemv_units: list[frozenset[str]] | None = None
     kernel_rotary: bool = False
+    fused_rotary: bool = False
 
 
 def device_paths(model: torch.nn.Module) -> StepPaths:
@@ -153,7 +162,8 @@ def device_paths(model: torch.nn.Module) -> StepPaths:
 
     On CUDA: the fused projections (held for the caller's call), the decode kernel where it runs and
     agrees with SDPA there, the GEMV kernels where they agree with the modules and are faster
-    (:func:`gemv_units`), and the rotary kernel where it gives the torch operations' bits;
+    (:func:`gemv_units`), the rotary kernel where it gives the torch operations' bits, and (at one
+    slot, with the "qkv" GEMV unit and the rotary kernel) both in one kernel where that agrees;
     elsewhere none (a CPU step is bound by arithmetic, and the modules' own projections keep it
     closest to transformers).
     """
@@ -163,7 +173,13 @@ def device_paths(model: torch.nn.Module) -> StepPaths:
     usable = kernel_usable(model.device, model.dtype, heads // kv_heads, head_dim)
     decoder = model.model.language_model
     rotary = rotary_usable(model.device, model.dtype, head_dim)
-    return StepPaths(fused_projections(decoder), usable, gemv_units(decoder, model.device, model.dtype), rotary)
+    units = gemv_units(decoder, model.device, model.dtype)
+    rotary_in_gemv = (
+        rotary
+        and any("qkv" in layer for layer in units or [])
+        and projection_rotary_usable(model.device, model.dtype, heads, kv_heads, head_dim)
+    )
+    return StepPaths(fused_projections(decoder), usable, units, rotary, rotary_in_gemv)
 
 
 def gemv_units(decoder: torch.nn.Module, device: torch.device, dtype: torch.dtype) -> list[frozenset[str]] | None:
@@ -209,6 +225,27 @@ def _gemv_eligible(layer: torch.nn.Module) -> frozenset[str]:
     ):
         units.add("mlp")
     return frozenset(units)
+
+
+def _query_key_value(
+    layer: torch.nn.Module,
+    hidden: torch.Tensor,
+    projection: FusedProjection | None,
+    kernel: bool,
+    kv_heads: int,
+    head_dim: int,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The new tokens' query and key heads side by side (rotated together: a third of the kernels), and value heads."""
+    slots = hidden.shape[0]
+    if projection is not None:
+        both = _project(layer.input_layernorm, hidden, projection.weight, projection.bias, kernel)
+        query_and_key = both[..., : projection.split].view(slots, -1, head_dim)
+        return query_and_key, both[..., projection.split :].view(slots, kv_heads, head_dim)
+    attention = layer.self_attn
+    normed = rms_norm(layer.input_layernorm, hidden)
+    query = attention.q_proj(normed).view(slots, -1, head_dim)
+    key = attention.k_proj(normed).view(slots, kv_heads, head_dim)
+    return torch.cat([query, key], dim=1), attention.v_proj(normed).view(slots, kv_heads, head_dim)
 
 
 def _project(
