@@ -210,8 +210,11 @@ class Bench:
         from ume_plugins.engine.gemv_tuning import LayerShape, unit_timings
         from ume_plugins.engine.step import device_paths
 
+        start = time.perf_counter()
         paths = device_paths(self.model)
-        taken = {"fused": paths.projections is not None, "kernel": paths.kernel_attention}
+        # The kernels' checks and the GEMV tuning, Triton's compilations included (once per process).
+        taken = {"choice_s": time.perf_counter() - start}
+        taken |= {"fused": paths.projections is not None, "kernel": paths.kernel_attention}
         taken["rotary"] = paths.kernel_rotary
         taken["rotary_in_gemv"] = paths.fused_rotary
         taken["gemv"] = sorted(paths.gemv_units[0]) if paths.gemv_units else []

@@ -99,7 +99,10 @@ def _paths(paths: dict) -> str:
         taken.append(f"the GEMV kernels at one slot ({', '.join(paths['gemv'])})")
     if paths.get("rotary_in_gemv"):
         taken.append("the rotary inside the query/key/value GEMV kernel")
-    return "takes " + ", ".join(taken) if taken else "runs the modules' projections and SDPA"
+    chosen = "takes " + ", ".join(taken) if taken else "runs the modules' projections and SDPA"
+    if paths.get("choice_s") is not None:
+        chosen += f" (checked and tuned in {paths['choice_s']:.1f} s)"
+    return chosen
 
 
 def _gemv(units: dict | None, sweep: list | None) -> list[str]:
