@@ -25,7 +25,14 @@ import torch
 
 from ume_plugins.engine import gemv
 from ume_plugins.engine.attention import triton_available
-from ume_plugins.engine.gemv import KernelConfig, decode_linear, default_config, reference_linear, use_config
+from ume_plugins.engine.gemv import (
+    TOLERANCE,
+    KernelConfig,
+    decode_linear,
+    default_config,
+    reference_linear,
+    use_config,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -39,7 +46,6 @@ _COLD_FACTOR = 2
 _MAX_COPIES = 64
 # Calls captured per timed graph (at least), so that a replay's launch is a small share of it.
 _CALLS_PER_GRAPH = 20
-_TOLERANCE = {torch.float32: 1e-4, torch.bfloat16: 2e-2, torch.float16: 2e-3}
 
 Timer = Callable[[dict[Hashable, Callable[[], None]], int], dict[Hashable, float]]
 
@@ -223,7 +229,7 @@ def _kernel_agrees(shape: LayerShape, dtype: torch.dtype, device: torch.device) 
 
 def _agrees(out: torch.Tensor, expected: torch.Tensor, dtype: torch.dtype) -> bool:
     error = (out.float() - expected.float()).abs().max().item()
-    return error <= _TOLERANCE[dtype] * max(1.0, expected.float().abs().max().item())
+    return error <= TOLERANCE[dtype] * max(1.0, expected.float().abs().max().item())
 
 
 def _unit_cases(shape: LayerShape, dtype: torch.dtype, device: torch.device) -> dict[str, list[dict]]:

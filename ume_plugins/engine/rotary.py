@@ -23,7 +23,7 @@ import logging
 import torch
 
 from ume_plugins.engine.attention import triton_available
-from ume_plugins.engine.gemv import launch_config, reference_linear
+from ume_plugins.engine.gemv import TOLERANCE, launch_config, reference_linear
 
 logger = logging.getLogger(__name__)
 
@@ -239,7 +239,7 @@ def projection_rotary_usable(
         logger.warning("The fused projection and rotary kernel does not run here (%s); not using it", error)
         return False
     expected = reference_project_rotate_and_cache(*expected_inputs)
-    tolerance = {torch.float32: 1e-4, torch.bfloat16: 2e-2, torch.float16: 2e-3}[dtype]
+    tolerance = TOLERANCE[dtype]
     written = [(inputs[i][:, :, 5], expected_inputs[i][:, :, 5]) for i in (7, 8)]
     kept = [(inputs[i][:, :, :5], expected_inputs[i][:, :, :5]) for i in (7, 8)]
     close = all(torch.allclose(a.float(), b.float(), atol=tolerance, rtol=0) for a, b in [(query, expected), *written])
