@@ -504,6 +504,7 @@ class Bench:
         Also the profile of the GPU kernels one step launches (what its graph replays); on the CPU, the
         count of aten operations it dispatches, the nearest stand-in.
         """
+        from ume_plugins.engine.capture import capture_stream
         from ume_plugins.engine.slot_state import SlotOptions, SlotTensors, StepRunner, capacity_bucket, compiled_step
         from ume_plugins.engine.stages import Budget
         from ume_plugins.engine.step import StepPaths, decode_step, device_paths
@@ -532,7 +533,7 @@ class Bench:
             hidden = forward(decoder, *tensors, *paths)
             slots.logits.copy_(self.model.lm_head(hidden))  # widened by the copy, as the engine does
 
-        runner = StepRunner(step, graphs, slots.graph_pool, torch.cuda.Stream() if graphs else None)
+        runner = StepRunner(step, graphs, slots.graph_pool, capture_stream(self.device) if graphs else None)
         with torch.inference_mode():
             for _ in range(5):
                 runner()

@@ -25,6 +25,7 @@ import torch
 
 from ume_plugins.engine import gemv
 from ume_plugins.engine.attention import triton_available
+from ume_plugins.engine.capture import capture_stream
 from ume_plugins.engine.gemv import (
     TOLERANCE,
     KernelConfig,
@@ -173,9 +174,8 @@ def candidate_configs(n: int, k: int, gated: bool, device: torch.device) -> list
 def graph_seconds(runs: dict[Hashable, Callable[[], None]], repeats: int, rounds: int = 3) -> dict[Hashable, float]:
     """Seconds of each run, each captured ``repeats`` times in a CUDA graph; replays alternated, best of ``rounds``."""
     graphs = {}
-    # A stream of its own: destroying a graph frees its capture stream's cuBLAS workspace, which
-    # other graphs captured on that stream may still use (see slot_state.StepRunner).
-    stream = torch.cuda.Stream()
+    # The engine's capture stream: its graphs of this thread are all freed by now (one call at a time).
+    stream = capture_stream(torch.device("cuda", torch.cuda.current_device()))
     for key, run in runs.items():
         run()  # builds the kernel (or cuBLAS's handle) outside the capture
         torch.cuda.synchronize()

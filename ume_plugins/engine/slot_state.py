@@ -216,7 +216,7 @@ class StepRunner:
             return
         graph = torch.cuda.CUDAGraph()
         try:
-            # One capture stream for all of a call's graphs; one pool per shape (see SlotTensors).
+            # One capture stream for all of a thread's graphs (engine.capture); one pool per shape (see SlotTensors).
             # A shape's graph is freed before the next shape's is captured, never kept beside it:
             # recent torch releases free a stream's cuBLAS workspace when a graph captured on it is
             # destroyed, which can break the stream's other live graphs (pytorch/pytorch#193402).

@@ -27,6 +27,7 @@ import torch
 from transformers import GenerationConfig
 
 from ume_plugins.engine.base import OnMissing, Rollout, assemble, missing_gen_emb_error
+from ume_plugins.engine.capture import capture_stream
 from ume_plugins.engine.prefill import Prompt, prefill_prompts
 from ume_plugins.engine.processors import ScoreProcessors
 from ume_plugins.engine.sampling import CHUNK, call_seed, draw, rollout_seed
@@ -85,7 +86,7 @@ class SlotRun:
         self.seed = call_seed(seed) if config.do_sample else None
         mode = options.mode(model.device)
         self.graphs = options.graphs(model.device)
-        self.stream = torch.cuda.Stream() if self.graphs else None
+        self.stream = capture_stream(model.device) if self.graphs else None
         self.compiled = compiled_step(options.compile_backend, model.device) if mode == "torch_compile" else None
         self.paths = device_paths(model)  # fused projections held for this call
         self.queue = deque(range(count))  # rollout r is sample r % k of input r // k
