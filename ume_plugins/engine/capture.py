@@ -1,10 +1,11 @@
 """The stream CUDA graphs are captured on: one per thread and device, reused by every call.
 
 A graph is captured on a side stream, and every stream a GEMM ran on gets a cuBLAS workspace of
-its own that torch keeps in a map by stream. A new stream per call thus left one more workspace
-behind each call (~10 MiB: +198 MiB over 20 batch-1 calls on an H200, torch 2.11). One stream per
-thread bounds that to the threads that decode; a thread's calls run one after another, and each
-frees its graphs before the next captures (see :class:`~ume_plugins.engine.slot_state.StepRunner`).
+its own that torch keeps in a map by stream. With a new stream per call, GPU memory grew by about
+one such workspace a call (+198 MiB over 20 batch-1 calls on an H200, torch 2.11; the workspace is
+the likely holder, not yet confirmed on a GPU). One stream per thread bounds that to the threads
+that decode; a thread's calls run one after another, and each frees its graphs before the next
+captures (see :class:`~ume_plugins.engine.slot_state.StepRunner`).
 """
 
 from __future__ import annotations
