@@ -113,6 +113,23 @@ def test_tuning_keeps_each_calls_fastest_configuration_and_takes_units_faster_th
         assert launch_config(n, k, gated, torch.float32, triton_device) == chosen, name
 
 
+def test_tuning_leaves_a_unit_whose_kernel_disagrees_to_the_modules_untimed(triton_device, monkeypatch, caplog):
+    def off_by_a_little(config, *args, **kwargs):
+        return reference_linear(*args, **kwargs) * 1.01
+
+    def timer(runs, repeats):
+        timed.append(runs)
+        return dict.fromkeys(runs, 1.0)
+
+    timed = []
+    monkeypatch.setattr(gemv, "_tuned", {})
+    monkeypatch.setattr(gemv, "linear_with", off_by_a_little)
+    timings = tune(triton_device, torch.float32, SHAPES[1], timer)
+    assert timed == [] and gemv._tuned == {}
+    assert all(timing.kernel == float("inf") and timing.kernel > timing.modules for timing in timings.values())
+    assert caplog.text.count("disagrees with the modules") == len(gemv_tuning.UNITS)
+
+
 def test_the_kernel_is_used_only_where_it_builds_and_agrees(triton_device, monkeypatch, caplog):
     chosen = gemv_choice(triton_device, torch.float32, SHAPES[0])
     if triton_device.type == "cuda":  # there also only where its tuned kernels were timed faster than the modules

@@ -140,7 +140,7 @@ def tune(device: torch.device, dtype: torch.dtype, shape: LayerShape, timer: Tim
             if not runs:
                 logger.warning("The GEMV kernel disagrees with the modules here (%s); not using it", name)
                 kernel = math.inf
-                continue
+                break
             runs["modules"] = functools.partial(_each, reference_linear, copies)
             seconds = timer(runs, max(1, math.ceil(_CALLS_PER_GRAPH / len(copies))))
             best = min((config for config in runs if config != "modules"), key=seconds.__getitem__)
