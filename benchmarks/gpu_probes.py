@@ -90,7 +90,6 @@ def gemv_sweep(layer: torch.nn.Module) -> list[dict[str, Any]]:
     tuning kept, the best of a wider grid and its share of the weights' bytes per second, and the
     modules' time, each replayed from a CUDA graph over weight copies that overflow the L2 cache.
     """
-    from functools import partial
 
     from ume_plugins.engine import gemv, gemv_tuning
 
@@ -109,13 +108,8 @@ def gemv_sweep(layer: torch.nn.Module) -> list[dict[str, Any]]:
                 if block_k <= 2 * k and block_n * block_k <= 16384
             } | {default, tuned}
             copies = gemv_tuning.cold_copies(call, device)
-            runs = {config: partial(gemv_tuning._each, partial(gemv.linear_with, config), copies) for config in grid}
-            runs |= {
-                config: partial(gemv_tuning._each, partial(gemv.linear_with, config), copies)
-                for config in (default, tuned)
-            }
-            runs["modules"] = partial(gemv_tuning._each, gemv.reference_linear, copies)
-            seconds = gemv_tuning.graph_seconds(runs, max(1, 20 // len(copies)))
+            runs = gemv_tuning.timed_runs(sorted(grid), copies)
+            seconds = gemv_tuning.graph_seconds(runs, gemv_tuning.graph_repeats(copies))
             seconds = {key: value / len(copies) for key, value in seconds.items()}
             best = min((key for key in seconds if key != "modules"), key=seconds.__getitem__)
             read = call["weight"].numel() * call["weight"].element_size() * (2 if gated else 1)

@@ -20,7 +20,14 @@ _local = threading.local()
 def capture_stream(device: torch.device) -> torch.cuda.Stream:
     """This thread's capture stream on CUDA ``device`` (created on first use)."""
     streams: dict[torch.device, torch.cuda.Stream] = _local.__dict__.setdefault("streams", {})
-    key = torch.device(device.type, device.index if device.index is not None else torch.cuda.current_device())
+    key = indexed(device)
     if key not in streams:
         streams[key] = torch.cuda.Stream(key)
     return streams[key]
+
+
+def indexed(device: torch.device) -> torch.device:
+    """``device`` with its index: ``cuda`` is the current CUDA device, ``cpu`` is ``cpu:0``."""
+    if device.index is not None:
+        return device
+    return torch.device(device.type, torch.cuda.current_device() if device.type == "cuda" else 0)

@@ -29,6 +29,7 @@ from typing import NamedTuple
 import torch
 
 from ume_plugins.engine.attention import next_power_of_2
+from ume_plugins.engine.capture import indexed
 
 
 class KernelConfig(NamedTuple):
@@ -41,7 +42,14 @@ class KernelConfig(NamedTuple):
 
 # How far the kernel's results may lie from the modules' (relative to the largest, at least 1): its
 # float32 sums run in another order than cuBLAS's.
-TOLERANCE = {torch.float32: 1e-4, torch.bfloat16: 2e-2, torch.float16: 2e-3}
+_TOLERANCE = {torch.float32: 1e-4, torch.bfloat16: 2e-2, torch.float16: 2e-3}
+
+
+def agrees(out: torch.Tensor, expected: torch.Tensor, dtype: torch.dtype) -> bool:
+    """Whether a kernel's ``out`` lies as close to the modules' ``expected`` as its sums' order allows in ``dtype``."""
+    error = (out.float() - expected.float()).abs().max().item()
+    return error <= _TOLERANCE[dtype] * max(1.0, expected.float().abs().max().item())
+
 
 # Weight elements one program loads per loop step and weight (8 KB of bf16). A GEMV is bound by the
 # bytes in flight per multiprocessor (bandwidth x latency, ~20 KB on an H100): a few programs this
@@ -147,18 +155,12 @@ _tuned: dict[tuple, KernelConfig] = {}
 
 def launch_config(n: int, k: int, gated: bool, dtype: torch.dtype, device: torch.device) -> KernelConfig:
     """The configuration :func:`decode_linear` launches an ``n x k`` weight with: the tuned one, else the default."""
-    return _tuned.get((n, k, gated, dtype, _where(device))) or default_config(n, k, gated, device)
+    return _tuned.get((n, k, gated, dtype, indexed(device))) or default_config(n, k, gated, device)
 
 
 def use_config(n: int, k: int, gated: bool, dtype: torch.dtype, device: torch.device, config: KernelConfig) -> None:
     """Launch ``n x k`` weights of ``dtype`` on ``device`` with ``config`` from now on (set before any capture)."""
-    _tuned[(n, k, gated, dtype, _where(device))] = config
-
-
-def _where(device: torch.device) -> tuple[str, int]:
-    # "cuda" and "cuda:0" are one device to the tuning.
-    index = device.index if device.index is not None else torch.cuda.current_device() if device.type == "cuda" else 0
-    return device.type, index
+    _tuned[(n, k, gated, dtype, indexed(device))] = config
 
 
 @functools.cache

@@ -26,14 +26,7 @@ import torch
 from ume_plugins.engine import gemv
 from ume_plugins.engine.attention import triton_available
 from ume_plugins.engine.capture import capture_stream
-from ume_plugins.engine.gemv import (
-    TOLERANCE,
-    KernelConfig,
-    decode_linear,
-    default_config,
-    reference_linear,
-    use_config,
-)
+from ume_plugins.engine.gemv import KernelConfig, agrees, decode_linear, default_config, reference_linear, use_config
 
 logger = logging.getLogger(__name__)
 
@@ -132,17 +125,15 @@ def tune(device: torch.device, dtype: torch.dtype, shape: LayerShape, timer: Tim
         for call in calls:
             (n, k), gated = call["weight"].shape, call.get("up") is not None
             copies = cold_copies(call, device)
-            runs: dict[Hashable, Callable[[], None]] = {
-                config: functools.partial(_each, functools.partial(gemv.linear_with, config), copies)
-                for config in candidate_configs(n, k, gated, device)
-                if _config_agrees(config, call, dtype)
-            }
-            if not runs:
+            agreeing = [
+                config for config in candidate_configs(n, k, gated, device) if _config_agrees(config, call, dtype)
+            ]
+            if not agreeing:
                 logger.warning("The GEMV kernel disagrees with the modules here (%s); not using it", name)
                 kernel = math.inf
                 break
-            runs["modules"] = functools.partial(_each, reference_linear, copies)
-            seconds = timer(runs, max(1, math.ceil(_CALLS_PER_GRAPH / len(copies))))
+            runs = timed_runs(agreeing, copies)
+            seconds = timer(runs, graph_repeats(copies))
             best = min((config for config in runs if config != "modules"), key=seconds.__getitem__)
             use_config(n, k, gated, dtype, device, best)
             kernel += seconds[best] / len(copies)
@@ -171,11 +162,25 @@ def candidate_configs(n: int, k: int, gated: bool, device: torch.device) -> list
     return list(dict.fromkeys(options))
 
 
+def timed_runs(configs: list[KernelConfig], copies: list[dict]) -> dict[Hashable, Callable[[], None]]:
+    """What a timer runs: one pass over ``copies`` per configuration, and one as the modules (``"modules"``)."""
+    runs: dict[Hashable, Callable[[], None]] = {
+        config: functools.partial(_each, functools.partial(gemv.linear_with, config), copies) for config in configs
+    }
+    runs["modules"] = functools.partial(_each, reference_linear, copies)
+    return runs
+
+
+def graph_repeats(copies: list[dict]) -> int:
+    """Passes over ``copies`` a timed graph captures: enough for ``_CALLS_PER_GRAPH`` calls."""
+    return max(1, math.ceil(_CALLS_PER_GRAPH / len(copies)))
+
+
 def graph_seconds(runs: dict[Hashable, Callable[[], None]], repeats: int, rounds: int = 3) -> dict[Hashable, float]:
     """Seconds of each run, each captured ``repeats`` times in a CUDA graph; replays alternated, best of ``rounds``."""
     graphs = {}
     # The engine's capture stream: its graphs of this thread are all freed by now (one call at a time).
-    stream = capture_stream(torch.device("cuda", torch.cuda.current_device()))
+    stream = capture_stream(torch.device("cuda"))
     for key, run in runs.items():
         run()  # builds the kernel (or cuBLAS's handle) outside the capture
         torch.cuda.synchronize()
@@ -207,7 +212,7 @@ def cold_copies(call: dict, device: torch.device) -> list[dict]:
 
 def _config_agrees(config: KernelConfig, call: dict, dtype: torch.dtype) -> bool:
     try:
-        return _agrees(gemv.linear_with(config, **call), reference_linear(**call), dtype)
+        return agrees(gemv.linear_with(config, **call), reference_linear(**call), dtype)
     except Exception as error:  # noqa: BLE001 - a configuration that does not build is not a candidate
         logger.debug("GEMV configuration %s does not run here: %s", config, error)
         return False
@@ -218,18 +223,13 @@ def _kernel_agrees(shape: LayerShape, dtype: torch.dtype, device: torch.device) 
     try:
         for name, calls in _unit_cases(shape, dtype, device).items():
             for call in calls:
-                if not _agrees(decode_linear(**call), reference_linear(**call), dtype):
+                if not agrees(decode_linear(**call), reference_linear(**call), dtype):
                     logger.warning("The GEMV kernel disagrees with the modules here (%s); not using it", name)
                     return False
     except Exception as error:  # noqa: BLE001 - any build or launch failure means: use the modules
         logger.warning("The GEMV kernel does not run here (%s); not using it", error)
         return False
     return True
-
-
-def _agrees(out: torch.Tensor, expected: torch.Tensor, dtype: torch.dtype) -> bool:
-    error = (out.float() - expected.float()).abs().max().item()
-    return error <= TOLERANCE[dtype] * max(1.0, expected.float().abs().max().item())
 
 
 def _unit_cases(shape: LayerShape, dtype: torch.dtype, device: torch.device) -> dict[str, list[dict]]:

@@ -23,7 +23,7 @@ import logging
 import torch
 
 from ume_plugins.engine.attention import triton_available
-from ume_plugins.engine.gemv import TOLERANCE, launch_config, reference_linear
+from ume_plugins.engine.gemv import agrees, launch_config, reference_linear
 
 logger = logging.getLogger(__name__)
 
@@ -239,10 +239,9 @@ def projection_rotary_usable(
         logger.warning("The fused projection and rotary kernel does not run here (%s); not using it", error)
         return False
     expected = reference_project_rotate_and_cache(*expected_inputs)
-    tolerance = TOLERANCE[dtype]
     written = [(inputs[i][:, :, 5], expected_inputs[i][:, :, 5]) for i in (7, 8)]
     kept = [(inputs[i][:, :, :5], expected_inputs[i][:, :, :5]) for i in (7, 8)]
-    close = all(torch.allclose(a.float(), b.float(), atol=tolerance, rtol=0) for a, b in [(query, expected), *written])
+    close = all(agrees(a, b, dtype) for a, b in [(query, expected), *written])
     if not close or not all(torch.equal(a, b) for a, b in kept):
         logger.warning("The fused projection and rotary kernel disagrees with the modules here; not using it")
         return False

@@ -107,12 +107,13 @@ def decode_step(
     fused = projections or [None] * len(decoder.layers)
     # The kernels take one token's row: at more slots the modules' GEMMs run.
     units = gemv_units if gemv_units is not None and slots == 1 else [frozenset()] * len(decoder.layers)
-    rotate = rotate_and_cache if kernel_rotary and not torch.compiler.is_compiling() else reference_rotate_and_cache
+    rotary_kernel = kernel_rotary and not torch.compiler.is_compiling()  # inductor fuses the torch operations itself
+    rotate = rotate_and_cache if rotary_kernel else reference_rotate_and_cache
     layers = zip(decoder.layers, keys, values, fused, units, strict=True)
     for layer, layer_keys, layer_values, projection, kernels in layers:
         attention = layer.self_attn
         kv_heads, head_dim = layer_keys.shape[1], layer_keys.shape[3]
-        if projection is not None and "qkv" in kernels and fused_rotary and rotate is rotate_and_cache:
+        if projection is not None and "qkv" in kernels and fused_rotary and rotary_kernel:
             norm = layer.input_layernorm
             query = project_rotate_and_cache(
                 hidden[0], projection.weight, projection.bias, norm.weight, norm.variance_epsilon,
