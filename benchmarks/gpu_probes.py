@@ -100,7 +100,8 @@ def gemv_sweep(layer: torch.nn.Module) -> list[dict[str, Any]]:
     for name, calls in gemv_tuning._unit_cases(gemv_tuning.LayerShape.of(layer), dtype, device).items():
         for call in calls:
             (n, k), gated = call["weight"].shape, call.get("up") is not None
-            default, tuned = gemv.default_config(n, k, gated, device), gemv.launch_config(n, k, gated, dtype, device)
+            default = gemv.default_config(n, k, gemv.multiprocessors(device))
+            tuned = gemv.launch_config(n, k, gated, dtype, device)
             grid = {
                 gemv.KernelConfig(block_n, block_k, 4)
                 for block_n in (2, 4, 8, 16, 32)

@@ -155,7 +155,7 @@ _tuned: dict[tuple, KernelConfig] = {}
 
 def launch_config(n: int, k: int, gated: bool, dtype: torch.dtype, device: torch.device) -> KernelConfig:
     """The configuration :func:`decode_linear` launches an ``n x k`` weight with: the tuned one, else the default."""
-    return _tuned.get((n, k, gated, dtype, indexed(device))) or default_config(n, k, gated, device)
+    return _tuned.get((n, k, gated, dtype, indexed(device))) or default_config(n, k, multiprocessors(device))
 
 
 def use_config(n: int, k: int, gated: bool, dtype: torch.dtype, device: torch.device, config: KernelConfig) -> None:
@@ -163,9 +163,14 @@ def use_config(n: int, k: int, gated: bool, dtype: torch.dtype, device: torch.de
     _tuned[(n, k, gated, dtype, indexed(device))] = config
 
 
+def multiprocessors(device: torch.device) -> int:
+    """Streaming multiprocessors on ``device`` (1 off CUDA): what the launch configurations are sized for."""
+    return torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 1
+
+
 @functools.cache
-def default_config(n: int, k: int, gated: bool, device: torch.device) -> KernelConfig:
-    """The heuristic configuration for an ``n x k`` weight, before (or without) tuning.
+def default_config(n: int, k: int, processors: int) -> KernelConfig:
+    """The heuristic configuration for an ``n x k`` weight on ``processors`` multiprocessors, before tuning.
 
     ``BLOCK_K`` is a power of two of at least 512 dividing ``k`` where there is one (no masked lanes),
     else 1024 (or ``k`` rounded up, if smaller); ``BLOCK_N`` makes a tile of ``_TILE_ELEMENTS``, halved
@@ -174,7 +179,6 @@ def default_config(n: int, k: int, gated: bool, device: torch.device) -> KernelC
     divisor = k & -k
     block_k = divisor if divisor >= 512 else min(1024, next_power_of_2(k))
     block_n = max(2, _TILE_ELEMENTS // block_k)
-    processors = torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 1
     while block_n > 2 and _cdiv(n, block_n) < _PROGRAMS_PER_SM * processors:
         block_n //= 2
     return KernelConfig(block_n, block_k, 4)

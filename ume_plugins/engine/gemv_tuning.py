@@ -26,7 +26,15 @@ import torch
 from ume_plugins.engine import gemv
 from ume_plugins.engine.attention import triton_available
 from ume_plugins.engine.capture import capture_stream
-from ume_plugins.engine.gemv import KernelConfig, agrees, decode_linear, default_config, reference_linear, use_config
+from ume_plugins.engine.gemv import (
+    KernelConfig,
+    agrees,
+    decode_linear,
+    default_config,
+    multiprocessors,
+    reference_linear,
+    use_config,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -125,9 +133,8 @@ def tune(device: torch.device, dtype: torch.dtype, shape: LayerShape, timer: Tim
         for call in calls:
             (n, k), gated = call["weight"].shape, call.get("up") is not None
             copies = cold_copies(call, device)
-            agreeing = [
-                config for config in candidate_configs(n, k, gated, device) if _config_agrees(config, call, dtype)
-            ]
+            candidates = candidate_configs(n, k, multiprocessors(device))
+            agreeing = [config for config in candidates if _config_agrees(config, call, dtype)]
             if not agreeing:
                 logger.warning("The GEMV kernel disagrees with the modules here (%s); not using it", name)
                 kernel = math.inf
@@ -143,13 +150,13 @@ def tune(device: torch.device, dtype: torch.dtype, shape: LayerShape, timer: Tim
     return timings
 
 
-def candidate_configs(n: int, k: int, gated: bool, device: torch.device) -> list[KernelConfig]:
-    """The configurations tried for an ``n x k`` weight: the default and its neighbours.
+def candidate_configs(n: int, k: int, processors: int) -> list[KernelConfig]:
+    """The configurations tried for an ``n x k`` weight: the default on ``processors`` multiprocessors and neighbours.
 
     The neighbours have half or twice the outputs per program (twice also with half the columns, the
     same tile in another shape), or eight warps.
     """
-    base = default_config(n, k, gated, device)
+    base = default_config(n, k, processors)
     block_n, block_k, warps = base
     options = [
         base,
