@@ -55,31 +55,32 @@ def projection_rotary_kernel(
     stored, key heads rotated into the cache, value heads cached.
 
     A pair is what the rotation mixes (``roll`` by half a head), so a program rotates what it computed.
-    Rounding is the modules' (projection) and the torch operations' (rotation), as in
-    :func:`~ume_plugins.engine.gemv_kernels.linear_kernel` and :func:`rotate_kernel`.
+    Its weight tile is the pairs' low rows stacked over their high rows, ``[2 * PAIRS, BLOCK_K]``: the
+    tile of :func:`~ume_plugins.engine.gemv_kernels.linear_kernel` at ``BLOCK_N = 2 * PAIRS``, so it
+    loads as the configuration the tuning timed (two tiles of ``PAIRS`` rows take narrower loads).
+    Rounding is the modules' (projection) and the torch operations' (rotation), as in that kernel and
+    :func:`rotate_kernel`.
     """
     dtype = query.dtype.element_ty
     half: tl.constexpr = HEAD_DIM // 2
     first = tl.program_id(0) * PAIRS
     head = first // half  # PAIRS divides half: a program's pairs lie in one head
     d = first % half + tl.arange(0, PAIRS)
-    low = head * HEAD_DIM + d
+    stacked = tl.arange(0, 2 * PAIRS)
+    rows = head * HEAD_DIM + first % half + stacked % PAIRS + (stacked // PAIRS) * half
     cols = tl.arange(0, BLOCK_K)
     inverse = inverse_rms(x, k, eps, BLOCK_K)
-    acc_low = tl.zeros([PAIRS, BLOCK_K], tl.float32)
-    acc_high = tl.zeros([PAIRS, BLOCK_K], tl.float32)
+    acc = tl.zeros([2 * PAIRS, BLOCK_K], tl.float32)
     for start in range(0, k, BLOCK_K):
         at = start + cols
         inside = at < k
         value = input_block(x, norm, at, inside, inverse, True, dtype, INTERPRETED)[None, :]
-        tile = low[:, None] * k + at[None, :]
-        acc_low += tl.load(weight + tile, mask=inside[None, :], other=0.0).to(tl.float32) * value
-        acc_high += tl.load(weight + tile + half * k, mask=inside[None, :], other=0.0).to(tl.float32) * value
-    x_low, x_high = tl.sum(acc_low, 1), tl.sum(acc_high, 1)
+        acc += tl.load(weight + rows[:, None] * k + at[None, :], mask=inside[None, :], other=0.0).to(tl.float32) * value
+    result = tl.sum(acc, 1)
     if BIAS:
-        x_low += tl.load(bias + low).to(tl.float32)
-        x_high += tl.load(bias + low + half).to(tl.float32)
-    x_low, x_high = rounded(x_low, dtype, INTERPRETED), rounded(x_high, dtype, INTERPRETED)
+        result += tl.load(bias + rows).to(tl.float32)
+    # [low rows, high rows] -> [PAIRS, 2] -> the two halves of each pair.
+    x_low, x_high = tl.split(tl.permute(tl.reshape(rounded(result, dtype, INTERPRETED), [2, PAIRS]), [1, 0]))
     at = tl.load(write)
     if head < heads + kv_heads:
         # x * cos + roll(x, half) * signed_sin: the low half takes the high half's values and back.
