@@ -3,7 +3,7 @@
     python benchmarks/gpu.py                      # CUDA: UME-R1-2B's architecture in bf16, < 8 min on one H100
     python benchmarks/gpu.py --quick              # CPU: a small shape, < 3 min
     python benchmarks/gpu.py --mteb-wheel W.whl   # mteb's wrapper read from its wheel when mteb does not import
-    python benchmarks/gpu.py --gemv-sweep         # also time a wider grid of GEMV block sizes (~80 compilations)
+    python benchmarks/gpu.py --gemv-sweep         # also time a wider grid of GEMV block sizes (~150 compilations)
 
 The model is Qwen2-VL-2B's exact architecture (UME-R1-2B: 28 layers x 1536, vocab 151936, a
 32-block vision tower) with random weights, built on the device (no download); the tiny
@@ -127,7 +127,7 @@ def main() -> None:
     parser.add_argument("--mteb-wheel", help="mteb wheel to read UMER1Wrapper from when mteb does not import")
     parser.add_argument("--out", type=Path, default=HERE / "results")
     parser.add_argument(
-        "--gemv-sweep", action="store_true", help="CUDA: also time a wider grid of GEMV block sizes (~80 compilations)"
+        "--gemv-sweep", action="store_true", help="CUDA: also time a wider grid of GEMV block sizes (~150 compilations)"
     )
     options = parser.parse_args()
     Bench(options).run()

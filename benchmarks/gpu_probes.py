@@ -103,9 +103,10 @@ def gemv_sweep(layer: torch.nn.Module) -> list[dict[str, Any]]:
             default = gemv.default_config(n, k, gemv.multiprocessors(device))
             tuned = gemv.launch_config(n, k, gated, dtype, device)
             grid = {
-                gemv.KernelConfig(block_n, block_k, 4)
+                gemv.KernelConfig(block_n, block_k, 4, stages)
                 for block_n in (2, 4, 8, 16, 32)
                 for block_k in (256, 512, 1024, 2048)
+                for stages in (1, 3)
                 if block_k <= 2 * k and block_n * block_k <= 16384
             } | {default, tuned}
             copies = gemv_tuning.cold_copies(call, device)

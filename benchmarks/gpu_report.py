@@ -111,7 +111,8 @@ def _gemv(units: dict | None, sweep: list | None) -> list[str]:
     if units:
         lines += [
             "",
-            "| GEMV unit at one token | tuned (BLOCK_N, BLOCK_K, warps) per call | kernel us | modules us | taken |",
+            "| GEMV unit at one token | tuned (BLOCK_N, BLOCK_K, warps, stages) per call | kernel us | modules us "
+            "| taken |",
             "|---|---|---|---|---|",
         ]
         for name, unit in units.items():
@@ -123,8 +124,8 @@ def _gemv(units: dict | None, sweep: list | None) -> list[str]:
     if sweep:
         lines += [
             "",
-            "| GEMV call | default (BLOCK_N, BLOCK_K, warps) | us | tuned | us | best of the grid | us | best GB/s "
-            "| modules us |",
+            "| GEMV call | default (BLOCK_N, BLOCK_K, warps, stages) | us | tuned | us | best of the grid | us "
+            "| best GB/s | modules us |",
             "|---|---|---|---|---|---|---|---|---|",
         ]
         for row in sweep:

@@ -27,6 +27,7 @@ from triton.compiler import ASTSource
 
 from ume_plugins.engine.attention import _BLOCK_N, _split_length, next_power_of_2
 from ume_plugins.engine.attention_kernels import combine_kernel, split_kernel
+from ume_plugins.engine.gemv import KernelConfig
 from ume_plugins.engine.gemv_kernels import linear_kernel
 from ume_plugins.engine.gemv_tuning import LayerShape, candidate_configs
 from ume_plugins.engine.rotary_kernels import projection_rotary_kernel, rotate_kernel
@@ -103,31 +104,34 @@ def gemv_builds(target: str, model: str) -> list[dict]:
     x = torch.empty(shape.intermediate, dtype=torch.bfloat16)
     records = []
     for call, (n, k, flags) in gemv_calls(shape).items():
-        for block_n, block_k, warps in candidate_configs(n, k, processors):
+        for config in candidate_configs(n, k, processors):
+            block_n, block_k, warps, stages = config
             args = dict.fromkeys(("x", "weight", "up", "bias", "norm", "residual", "out"), x) | {"n": n, "k": k}
-            constants = flags | {"BLOCK_N": block_n, "BLOCK_K": block_k, "INTERPRETED": False}
+            constants = flags | {"BLOCK_N": block_n, "BLOCK_K": block_k, "STAGES": stages, "INTERPRETED": False}
             record = build(linear_kernel, arch, args | {"eps": 1e-6}, constants, warps)
             record["streamed_bytes"] = (2 if flags["GATED"] else 1) * block_n * block_k * 2 // (32 * warps)
-            records.append(record | {"kernel": "linear", "case": f"{model} {call} {(block_n, block_k, warps)}"})
+            records.append(record | {"kernel": "linear", "case": f"{model} {call} {tuple(config)}"})
             if call == "qkv":
                 pairs = max(1, min(block_n // 2, HEAD_DIM // 2))
-                records.append(projection_build(arch, shape, kv_heads, pairs, block_k, warps) | {"kernel": "rotary"})
+                records.append(projection_build(arch, shape, kv_heads, pairs, config) | {"kernel": "rotary"})
     return records
 
 
-def projection_build(arch: int, shape: LayerShape, kv_heads: int, pairs: int, block_k: int, warps: int) -> dict:
+def projection_build(arch: int, shape: LayerShape, kv_heads: int, pairs: int, config: KernelConfig) -> dict:
     """The q/k/v projection with rotary and cache write, as ``rotary.project_rotate_and_cache`` launches it."""
+    _, block_k, warps, stages = config
     cache = torch.empty(1, kv_heads, 1024, HEAD_DIM, dtype=torch.bfloat16)
     row, write = torch.empty(shape.hidden, dtype=torch.bfloat16), torch.empty(1, dtype=torch.int64)
     args = dict.fromkeys(("x", "weight", "bias", "norm", "cos", "signed_sin", "keys", "values", "query"), row)
     args |= {"write": write, "k": shape.hidden, "eps": 1e-6, "heads": shape.qkv_out // HEAD_DIM - 2 * kv_heads}
     args |= dict(zip(("sk1", "sk2", "sk3"), cache.stride()[1:], strict=True))
     args |= dict(zip(("sv1", "sv2", "sv3"), cache.stride()[1:], strict=True)) | {"kv_heads": kv_heads}
-    constants = {"PAIRS": pairs, "BLOCK_K": block_k, "HEAD_DIM": HEAD_DIM, "BIAS": shape.qkv_bias, "INTERPRETED": False}
+    constants = {"PAIRS": pairs, "BLOCK_K": block_k, "STAGES": stages, "HEAD_DIM": HEAD_DIM, "BIAS": shape.qkv_bias}
+    constants["INTERPRETED"] = False
     record = build(projection_rotary_kernel, arch, args, constants, warps)
     # Two weight rows (the pair's halves) of ``block_k`` columns per pair.
     streamed = 2 * pairs * block_k * 2 // (32 * warps)
-    return record | {"case": f"{pairs} pairs, {block_k}, {warps}", "streamed_bytes": streamed}
+    return record | {"case": f"{pairs} pairs, {block_k}, {warps}, {stages}", "streamed_bytes": streamed}
 
 
 def attention_builds(target: str, model: str, slots: int = 8, capacity: int = 2048) -> list[dict]:

@@ -87,7 +87,7 @@ def test_tuning_keeps_each_calls_fastest_configuration_and_takes_units_faster_th
     monkeypatch.setattr(gemv, "_tuned", {})  # what this fake timing tunes stays in this test
 
     def rank(config):
-        return config.block_n, config.block_k, -config.warps
+        return config.block_n, config.block_k, -config.warps, config.stages
 
     def timer(runs, repeats):
         assert repeats >= 1 and "modules" in runs

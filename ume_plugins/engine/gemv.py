@@ -33,11 +33,16 @@ from ume_plugins.engine.capture import indexed
 
 
 class KernelConfig(NamedTuple):
-    """How :func:`decode_linear` launches: outputs and input columns per program step, and warps."""
+    """How :func:`decode_linear` launches: outputs and input columns per program step, warps, and stages.
+
+    ``stages`` above 1 has Triton pipeline the loop over the columns: the loads of ``stages - 1`` steps
+    are in flight while one is summed, instead of one step's at a time.
+    """
 
     block_n: int
     block_k: int
     warps: int
+    stages: int = 1
 
 
 # How far the kernel's results may lie from the modules' (relative to the largest, at least 1): its
@@ -114,7 +119,7 @@ def linear_with(
     n, k = weight.shape
     x, weight = x.contiguous(), weight.contiguous()
     out = torch.empty(1, n, dtype=x.dtype, device=x.device)
-    block_n, block_k, warps = config
+    block_n, block_k, warps, stages = config
     # Unused pointers get any tensor: their loads are compiled out by the constexpr flags.
     guard = torch.cuda.device(x.device) if x.is_cuda else contextlib.nullcontext()
     with guard:
@@ -122,7 +127,7 @@ def linear_with(
             x, weight, up if up is not None else weight, bias if bias is not None else x,
             norm if norm is not None else x, residual.contiguous() if residual is not None else x, out, n, k, eps,
             NORM=norm is not None, GATED=up is not None, BIAS=bias is not None, RESIDUAL=residual is not None,
-            BLOCK_N=block_n, BLOCK_K=block_k, INTERPRETED=not x.is_cuda, num_warps=warps,
+            BLOCK_N=block_n, BLOCK_K=block_k, STAGES=stages, INTERPRETED=not x.is_cuda, num_warps=warps,
         )  # fmt: skip
     return out
 

@@ -10,7 +10,7 @@ import triton.language as tl
 def linear_kernel(
     x, weight, up, bias, norm, residual, out, n, k, eps,
     NORM: tl.constexpr, GATED: tl.constexpr, BIAS: tl.constexpr, RESIDUAL: tl.constexpr,
-    BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, INTERPRETED: tl.constexpr,
+    BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, STAGES: tl.constexpr, INTERPRETED: tl.constexpr,
 ):  # fmt: skip
     """Each program: ``BLOCK_N`` outputs of one token's (normed) row times the weight, with the epilogue.
 
@@ -23,11 +23,11 @@ def linear_kernel(
     cols = tl.arange(0, BLOCK_K)
     inverse = 1.0
     if NORM:
-        inverse = inverse_rms(x, k, eps, BLOCK_K)
+        inverse = inverse_rms(x, k, eps, BLOCK_K, STAGES)
     # Products summed per column across the loop, reduced once at the end: one reduction, not one a block.
     acc = tl.zeros([BLOCK_N, BLOCK_K], tl.float32)
     acc_up = tl.zeros([BLOCK_N, BLOCK_K], tl.float32)
-    for start in range(0, k, BLOCK_K):
+    for start in tl.range(0, k, BLOCK_K, num_stages=STAGES):
         at = start + cols
         inside = at < k
         value = input_block(x, norm, at, inside, inverse, NORM, dtype, INTERPRETED)[None, :]
@@ -50,11 +50,11 @@ def linear_kernel(
 
 
 @triton.jit
-def inverse_rms(x, k, eps, BLOCK_K: tl.constexpr):
+def inverse_rms(x, k, eps, BLOCK_K: tl.constexpr, STAGES: tl.constexpr):
     """``1 / rms`` of the ``k`` values at ``x``, in float32 (what transformers' RMS norm scales by)."""
     cols = tl.arange(0, BLOCK_K)
     squares = tl.zeros([BLOCK_K], tl.float32)
-    for start in range(0, k, BLOCK_K):
+    for start in tl.range(0, k, BLOCK_K, num_stages=STAGES):
         value = tl.load(x + start + cols, mask=start + cols < k, other=0.0).to(tl.float32)
         squares += value * value
     return tl.math.rsqrt(tl.sum(squares, 0) / k + eps)

@@ -48,6 +48,11 @@ _COLD_FACTOR = 2
 _MAX_COPIES = 64
 # Calls captured per timed graph (at least), so that a replay's launch is a small share of it.
 _CALLS_PER_GRAPH = 20
+# Unpipelined, a program's loop has one step's loads in flight: the GPU issues in order and waits on
+# them before the next step's. At one slot the programs are few (a few per multiprocessor), so that
+# caps the bytes in flight well below what the bandwidth needs. Pipelined (Triton copies the next
+# steps' tiles into shared memory asynchronously: cp.async on sm_80+), two more steps are in flight.
+_PIPELINED_STAGES = 3
 
 Timer = Callable[[dict[Hashable, Callable[[], None]], int], dict[Hashable, float]]
 
@@ -154,18 +159,24 @@ def candidate_configs(n: int, k: int, processors: int) -> list[KernelConfig]:
     """The configurations tried for an ``n x k`` weight: the default on ``processors`` multiprocessors and neighbours.
 
     The neighbours have half or twice the outputs per program (twice also with half the columns, the
-    same tile in another shape), or eight warps.
+    same tile in another shape), or eight warps; the default and half its outputs are also tried
+    with the column loop pipelined (``_PIPELINED_STAGES``).
     """
     base = default_config(n, k, processors)
-    block_n, block_k, warps = base
+    block_n, block_k, warps, _ = base
+    half = max(2, block_n // 2)
     options = [
         base,
-        KernelConfig(max(2, block_n // 2), block_k, warps),
+        KernelConfig(half, block_k, warps),
         KernelConfig(block_n * 2, block_k, warps),
         KernelConfig(block_n, block_k, 8),
     ]
     if block_k >= 512:  # narrower loads than 256 columns (512 bytes of bf16) a row are not worth a try
         options.append(KernelConfig(block_n * 2, block_k // 2, warps))
+    options += [
+        KernelConfig(block_n, block_k, warps, _PIPELINED_STAGES),
+        KernelConfig(half, block_k, warps, _PIPELINED_STAGES),
+    ]
     return list(dict.fromkeys(options))
 
 

@@ -172,15 +172,15 @@ def project_rotate_and_cache(
         raise ValueError(f"a weight of {n} rows is not query, key and value heads of {head_dim} (a power of two)")
     x, weight = x.contiguous(), weight.contiguous()
     query = torch.empty(1, heads, head_dim, dtype=x.dtype, device=x.device)
-    block_n, block_k, warps = launch_config(n, k, False, x.dtype, x.device)
+    block_n, block_k, warps, stages = launch_config(n, k, False, x.dtype, x.device)
     pairs = max(1, min(block_n // 2, head_dim // 2))  # both powers of two: pairs divide half a head
     guard = torch.cuda.device(x.device) if x.is_cuda else contextlib.nullcontext()
     with guard:
         _projection_kernel()[(n // 2 // pairs,)](
             x, weight, bias if bias is not None else x, norm, cos, signed_sin, keys, values, write, query,
             k, eps, *keys.stride()[1:], *values.stride()[1:], heads, kv_heads,
-            PAIRS=pairs, BLOCK_K=block_k, HEAD_DIM=head_dim, BIAS=bias is not None, INTERPRETED=not x.is_cuda,
-            num_warps=warps, enable_fp_fusion=x.dtype != torch.float32,
+            PAIRS=pairs, BLOCK_K=block_k, STAGES=stages, HEAD_DIM=head_dim, BIAS=bias is not None,
+            INTERPRETED=not x.is_cuda, num_warps=warps, enable_fp_fusion=x.dtype != torch.float32,
         )  # fmt: skip
     return query
 

@@ -46,7 +46,7 @@ def rotate_kernel(
 def projection_rotary_kernel(
     x, weight, bias, norm, cos, signed_sin, keys, values, write, query,
     k, eps, sk1, sk2, sk3, sv1, sv2, sv3, heads, kv_heads,
-    PAIRS: tl.constexpr, BLOCK_K: tl.constexpr, HEAD_DIM: tl.constexpr, BIAS: tl.constexpr,
+    PAIRS: tl.constexpr, BLOCK_K: tl.constexpr, STAGES: tl.constexpr, HEAD_DIM: tl.constexpr, BIAS: tl.constexpr,
     INTERPRETED: tl.constexpr,
 ):  # fmt: skip
     """Each program: ``PAIRS`` output pairs ``(i, i + HEAD_DIM / 2)`` of one head, rotated and stored.
@@ -69,9 +69,9 @@ def projection_rotary_kernel(
     stacked = tl.arange(0, 2 * PAIRS)
     rows = head * HEAD_DIM + first % half + stacked % PAIRS + (stacked // PAIRS) * half
     cols = tl.arange(0, BLOCK_K)
-    inverse = inverse_rms(x, k, eps, BLOCK_K)
+    inverse = inverse_rms(x, k, eps, BLOCK_K, STAGES)
     acc = tl.zeros([2 * PAIRS, BLOCK_K], tl.float32)
-    for start in range(0, k, BLOCK_K):
+    for start in tl.range(0, k, BLOCK_K, num_stages=STAGES):
         at = start + cols
         inside = at < k
         value = input_block(x, norm, at, inside, inverse, True, dtype, INTERPRETED)[None, :]
