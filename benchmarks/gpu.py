@@ -31,6 +31,7 @@ Results go to ``benchmarks/results/gpu-<device>.json`` and ``.md`` after every r
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import platform
 import random
@@ -206,6 +207,7 @@ class Bench:
         On CUDA also what chose the GEMV kernels: each unit's microseconds as its tuned kernels and as the
         modules, and the configurations the tuning kept (``gemv_units``).
         """
+        from ume_plugins.engine import dependent_launch
         from ume_plugins.engine.attention import triton_available
         from ume_plugins.engine.gemv_tuning import LayerShape, unit_timings
         from ume_plugins.engine.step import device_paths
@@ -217,6 +219,7 @@ class Bench:
         taken |= {"fused": paths.projections is not None, "kernel": paths.kernel_attention}
         taken["rotary"] = paths.kernel_rotary
         taken["rotary_in_gemv"] = paths.fused_rotary
+        taken["dependent_launch"] = dependent_launch.enabled(self.device)
         taken["gemv"] = sorted(paths.gemv_units[0]) if paths.gemv_units else []
         if self.device.type == "cuda" and triton_available(self.device):
             shape = LayerShape.of(self.model.model.language_model.layers[0])
@@ -432,7 +435,7 @@ class Bench:
         captures and compilation stay out. The primary contender's step is also timed over the cache
         bucket for 8x its live tokens (what padding costs at batch 1), and without each of the
         step's device paths (the decode kernel, the fused projections, the GEMV kernels, the rotary
-        kernel, the rotary inside the GEMV kernel) to show what each is worth.
+        kernel, the rotary inside the GEMV kernel, dependent launch) to show what each is worth.
         ``generate`` is timed as the difference of two calls that differ only in their scripted length.
         """
         kernels = None
@@ -462,6 +465,7 @@ class Bench:
                 ("no GEMV kernels", None, {"gemv": False}),
                 ("rotary and cache write as torch operations", None, {"rotary": False}),
                 ("rotary and cache write in a kernel of their own", None, {"rotary_in_gemv": False}),
+                ("no dependent launch", None, {"dependent": False}),
             ):
                 seconds, profile = self.slot_step_seconds(contender, live, holds=holds, **paths)
                 self.add_roofline(f"{name}, {label}", seconds, live, profile)
@@ -493,17 +497,20 @@ class Bench:
         gemv: bool | None = None,
         rotary: bool | None = None,
         rotary_in_gemv: bool | None = None,
+        dependent: bool | None = None,
     ) -> tuple[float, dict[str, Any] | None]:
         """Seconds of one slot-engine decode step (decoder + LM head) for one slot holding ``live`` tokens.
 
         The cache is the engine's bucket for ``holds`` positions (default ``live + 1``). The step takes
         the engine's device paths; ``fused`` / ``kernel`` / ``gemv`` / ``rotary`` / ``rotary_in_gemv`` False
         turn off the fused projections / the decode kernel / the GEMV kernels / the rotary kernel / the rotary
-        inside the query/key/value GEMV kernel.
+        inside the query/key/value GEMV kernel; ``dependent`` False launches the Triton kernels without
+        programmatic dependent launch.
 
         Also the profile of the GPU kernels one step launches (what its graph replays); on the CPU, the
         count of aten operations it dispatches, the nearest stand-in.
         """
+        from ume_plugins.engine import dependent_launch
         from ume_plugins.engine.capture import capture_stream
         from ume_plugins.engine.slot_state import SlotOptions, SlotTensors, StepRunner, capacity_bucket, compiled_step
         from ume_plugins.engine.stages import Budget
@@ -534,7 +541,8 @@ class Bench:
             slots.logits.copy_(self.model.lm_head(hidden))  # widened by the copy, as the engine does
 
         runner = StepRunner(step, graphs, slots.graph_pool, capture_stream(self.device) if graphs else None)
-        with torch.inference_mode():
+        plain = dependent_launch.switched_off() if dependent is False else contextlib.nullcontext()
+        with torch.inference_mode(), plain:  # read when the kernels launch, so when the graph is captured
             for _ in range(5):
                 runner()
             self.sync()

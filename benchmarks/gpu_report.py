@@ -99,6 +99,8 @@ def _paths(paths: dict) -> str:
         taken.append(f"the GEMV kernels at one slot ({', '.join(paths['gemv'])})")
     if paths.get("rotary_in_gemv"):
         taken.append("the rotary inside the query/key/value GEMV kernel")
+    if paths.get("dependent_launch"):
+        taken.append("dependent launch of its Triton kernels")
     chosen = "takes " + ", ".join(taken) if taken else "runs the modules' projections and SDPA"
     if paths.get("choice_s") is not None:
         chosen += f" (checked and tuned in {paths['choice_s']:.1f} s)"

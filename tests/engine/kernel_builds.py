@@ -34,6 +34,8 @@ from ume_plugins.engine.rotary_kernels import projection_rotary_kernel, rotate_k
 
 # Targets: compute capability and multiprocessor count (A100; H100 and H200).
 TARGETS = {"sm_80": (80, 108), "sm_90": (90, 132)}
+# Programmatic dependent launch: sm_90 and newer (engine.dependent_launch), so the sm_90 builds take it.
+DEPENDENT = {"sm_80": False, "sm_90": True}
 # UME-R1-2B's and -7B's decoder layers (Qwen2-VL-2B and -7B), and their attention heads.
 LAYERS = {
     "2B": (LayerShape(1536, 2048, True, 1536, 8960), 12, 2),
@@ -80,6 +82,8 @@ def build(kernel, arch: int, args: dict, constants: dict, warps: int = 4, stages
     except Exception as error:  # noqa: BLE001 - reported, and the test says which build failed
         return {"error": f"{type(error).__name__}: {error}"}
     ptx = compiled.asm["ptx"]
+    wait = ptx.find("griddepcontrol.wait")
+    memory = re.search(r"\b(ld\.global|st\.global|cp\.async|atom\.global|red\.global)", ptx)
     with tempfile.NamedTemporaryFile(suffix=".cubin") as binary:
         binary.write(compiled.asm["cubin"])
         binary.flush()
@@ -94,6 +98,10 @@ def build(kernel, arch: int, args: dict, constants: dict, warps: int = 4, stages
         # 16-byte loads: vector loads, and the asynchronous copies (``.cg``) that feed tl.dot.
         "vector_bytes": 16 * len(re.findall(r"ld\.global(?:\.\w+)*\.v4\.b32|cp\.async\.cg\.shared\.global", ptx)),
         "streamed_bytes": None,
+        # Under dependent launch: whether the wait comes before every global load and store, and the
+        # L2 prefetches before it (what the kernel may touch early).
+        "waits_first": wait >= 0 and (memory is None or wait < memory.start()),
+        "early_prefetches": len(re.findall(r"prefetch\.global\.L2", ptx[: max(wait, 0)])),
     }
 
 
@@ -107,17 +115,18 @@ def gemv_builds(target: str, model: str) -> list[dict]:
         for config in candidate_configs(n, k, processors):
             block_n, block_k, warps, stages = config
             args = dict.fromkeys(("x", "weight", "up", "bias", "norm", "residual", "out"), x) | {"n": n, "k": k}
-            constants = flags | {"BLOCK_N": block_n, "BLOCK_K": block_k, "STAGES": stages, "INTERPRETED": False}
+            constants = flags | {"BLOCK_N": block_n, "BLOCK_K": block_k, "STAGES": stages, "LINE": 64}
+            constants |= {"PDL": DEPENDENT[target], "INTERPRETED": False}
             record = build(linear_kernel, arch, args | {"eps": 1e-6}, constants, warps)
             record["streamed_bytes"] = (2 if flags["GATED"] else 1) * block_n * block_k * 2 // (32 * warps)
             records.append(record | {"kernel": "linear", "case": f"{model} {call} {tuple(config)}"})
             if call == "qkv":
                 pairs = max(1, min(block_n // 2, HEAD_DIM // 2))
-                records.append(projection_build(arch, shape, kv_heads, pairs, config) | {"kernel": "rotary"})
+                records.append(projection_build(target, shape, kv_heads, pairs, config) | {"kernel": "rotary"})
     return records
 
 
-def projection_build(arch: int, shape: LayerShape, kv_heads: int, pairs: int, config: KernelConfig) -> dict:
+def projection_build(target: str, shape: LayerShape, kv_heads: int, pairs: int, config: KernelConfig) -> dict:
     """The q/k/v projection with rotary and cache write, as ``rotary.project_rotate_and_cache`` launches it."""
     _, block_k, warps, stages = config
     cache = torch.empty(1, kv_heads, 1024, HEAD_DIM, dtype=torch.bfloat16)
@@ -127,8 +136,8 @@ def projection_build(arch: int, shape: LayerShape, kv_heads: int, pairs: int, co
     args |= dict(zip(("sk1", "sk2", "sk3"), cache.stride()[1:], strict=True))
     args |= dict(zip(("sv1", "sv2", "sv3"), cache.stride()[1:], strict=True)) | {"kv_heads": kv_heads}
     constants = {"PAIRS": pairs, "BLOCK_K": block_k, "STAGES": stages, "HEAD_DIM": HEAD_DIM, "BIAS": shape.qkv_bias}
-    constants["INTERPRETED"] = False
-    record = build(projection_rotary_kernel, arch, args, constants, warps)
+    constants |= {"LINE": 64, "PDL": DEPENDENT[target], "INTERPRETED": False}
+    record = build(projection_rotary_kernel, TARGETS[target][0], args, constants, warps)
     # Two weight rows (the pair's halves) of ``block_k`` columns per pair.
     streamed = 2 * pairs * block_k * 2 // (32 * warps)
     return record | {"case": f"{pairs} pairs, {block_k}, {warps}, {stages}", "streamed_bytes": streamed}
@@ -160,11 +169,12 @@ def attention_builds(target: str, model: str, slots: int = 8, capacity: int = 20
     strides = (("sqk", mixed), ("sv", value), ("sc", table), ("ss", table), ("sk", keys), ("svv", keys))
     for prefix, tensor in strides:
         rotate_args |= {f"{prefix}{i}": stride for i, stride in enumerate(tensor.stride())}
-    combine = {"SPLITS_BLOCK": next_power_of_2(splits), "HEAD_DIM": HEAD_DIM}
+    constants = {"PDL": DEPENDENT[target], "INTERPRETED": False}
+    combine = {"SPLITS_BLOCK": next_power_of_2(splits), "HEAD_DIM": HEAD_DIM, "PDL": DEPENDENT[target]}
     # A block of keys and one of values per loop step, over 4 warps (as attention.decode_attention launches).
     streamed = 2 * _BLOCK_N * HEAD_DIM * 2 // (32 * 4)
     return [
-        build(split_kernel, arch, split_args | sizes | {"scale_log2": 0.1}, split | {"INTERPRETED": False}, stages=2)
+        build(split_kernel, arch, split_args | sizes | {"scale_log2": 0.1}, split | constants, stages=2)
         | {"kernel": "attention split", "case": model, "streamed_bytes": streamed},
         build(combine_kernel, arch, combine_args | sizes, combine) | {"kernel": "attention combine", "case": model},
         build(rotate_kernel, arch, rotate_args, {"HEAD_DIM": HEAD_DIM, "INTERPRETED": False})

@@ -80,3 +80,17 @@ def test_weights_keys_and_values_stream_in_vector_loads(target, model):
         if r["vector_bytes"] < r["streamed_bytes"]
     ]
     assert not scalar, "\n".join(scalar)
+
+
+@pytest.mark.parametrize("model", MODELS)
+def test_under_dependent_launch_nothing_is_touched_before_the_previous_kernel_is_done(model):
+    # On sm_90 the kernels may start while the one ahead still runs (engine.dependent_launch): only
+    # L2 prefetches of weights may come before the wait, never a load or store of anything else.
+    records = [r for r in builds("sm_90", model) if not r["error"] and r["case"] != f"{model} all slots"]
+    early = [name(r) for r in records if not r["waits_first"]]
+    assert not early, "\n".join(early)
+    # The GEMVs fetch their weight rows before waiting: the traffic that overlaps the kernel ahead.
+    unfetched = [name(r) for r in records if r["kernel"] in ("linear", "rotary") and not r["early_prefetches"]]
+    assert not unfetched, "\n".join(unfetched)
+    # sm_80 has no dependent launch: its builds never wait.
+    assert not any(r["waits_first"] for r in builds("sm_80", model) if not r["error"])

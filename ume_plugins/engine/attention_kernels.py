@@ -5,15 +5,20 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
+from ume_plugins.engine.gemv_kernels import after_previous_kernel
+
 
 @triton.jit
 def split_kernel(
     query, keys, values, visible, partial, lse,
     sq0, sq1, sq2, sq3, sk0, sk1, sk2, sk3, sv0, sv1, sv2, sv3,
     kv_heads, group, capacity, chunk, splits, scale_log2,
-    GROUP_BLOCK: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_N: tl.constexpr, INTERPRETED: tl.constexpr,
+    GROUP_BLOCK: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_N: tl.constexpr, PDL: tl.constexpr,
+    INTERPRETED: tl.constexpr,
 ):  # fmt: skip
     """Each (slot x key/value head, chunk) program: the chunk's normalised output and log-sum-exp (base 2)."""
+    if PDL:  # under dependent launch: nothing loaded or stored before the kernel ahead is done
+        after_previous_kernel()
     row, split = tl.program_id(0), tl.program_id(1)
     slot, head = row // kv_heads, row % kv_heads
     length = tl.minimum(tl.load(visible + slot).to(tl.int32), capacity)
@@ -62,9 +67,11 @@ def combine_kernel(
     partial, lse, visible, out,
     so0, so1, so2, so3,
     kv_heads, group, capacity, chunk, splits,
-    SPLITS_BLOCK: tl.constexpr, HEAD_DIM: tl.constexpr,
+    SPLITS_BLOCK: tl.constexpr, HEAD_DIM: tl.constexpr, PDL: tl.constexpr,
 ):  # fmt: skip
     """Each (slot x key/value head, query head of the group) program: its live chunks merged."""
+    if PDL:
+        after_previous_kernel()
     row, g = tl.program_id(0), tl.program_id(1)
     slot, head = row // kv_heads, row % kv_heads
     length = tl.minimum(tl.load(visible + slot).to(tl.int32), capacity)

@@ -28,6 +28,7 @@ from typing import NamedTuple
 
 import torch
 
+from ume_plugins.engine import dependent_launch
 from ume_plugins.engine.attention import next_power_of_2
 from ume_plugins.engine.capture import indexed
 
@@ -110,8 +111,14 @@ def linear_with(
     eps: float = 0.0,
     up: torch.Tensor | None = None,
     residual: torch.Tensor | None = None,
+    *,
+    dependent: bool | None = None,
 ) -> torch.Tensor:
-    """What :func:`decode_linear` computes, launched with ``config`` (the op's body; tuning calls it directly)."""
+    """What :func:`decode_linear` computes, launched with ``config`` (the op's body; tuning calls it directly).
+
+    ``dependent``: launch with programmatic dependent launch (see
+    :mod:`~ume_plugins.engine.dependent_launch`); None: where that module says it is enabled.
+    """
     if x.shape[0] != 1:
         raise ValueError(f"decode_linear takes one token's row, not {x.shape[0]}")
     if up is not None and bias is not None:
@@ -120,6 +127,8 @@ def linear_with(
     x, weight = x.contiguous(), weight.contiguous()
     out = torch.empty(1, n, dtype=x.dtype, device=x.device)
     block_n, block_k, warps, stages = config
+    if dependent is None:
+        dependent = dependent_launch.enabled(x.device)
     # Unused pointers get any tensor: their loads are compiled out by the constexpr flags.
     guard = torch.cuda.device(x.device) if x.is_cuda else contextlib.nullcontext()
     with guard:
@@ -127,7 +136,8 @@ def linear_with(
             x, weight, up if up is not None else weight, bias if bias is not None else x,
             norm if norm is not None else x, residual.contiguous() if residual is not None else x, out, n, k, eps,
             NORM=norm is not None, GATED=up is not None, BIAS=bias is not None, RESIDUAL=residual is not None,
-            BLOCK_N=block_n, BLOCK_K=block_k, STAGES=stages, INTERPRETED=not x.is_cuda, num_warps=warps,
+            BLOCK_N=block_n, BLOCK_K=block_k, STAGES=stages, LINE=128 // x.element_size(), PDL=dependent,
+            INTERPRETED=not x.is_cuda, num_warps=warps, launch_pdl=dependent,
         )  # fmt: skip
     return out
 

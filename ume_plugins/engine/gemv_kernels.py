@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import triton
 import triton.language as tl
+from triton.language.extra.cuda import gdc_launch_dependents, gdc_wait
 
 
 @triton.jit
 def linear_kernel(
     x, weight, up, bias, norm, residual, out, n, k, eps,
     NORM: tl.constexpr, GATED: tl.constexpr, BIAS: tl.constexpr, RESIDUAL: tl.constexpr,
-    BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, STAGES: tl.constexpr, INTERPRETED: tl.constexpr,
+    BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, STAGES: tl.constexpr, LINE: tl.constexpr, PDL: tl.constexpr,
+    INTERPRETED: tl.constexpr,
 ):  # fmt: skip
     """Each program: ``BLOCK_N`` outputs of one token's (normed) row times the weight, with the epilogue.
 
@@ -21,6 +23,11 @@ def linear_kernel(
     rows = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
     live = rows < n
     cols = tl.arange(0, BLOCK_K)
+    if PDL:
+        prefetch_rows(weight, tl.minimum(rows, n - 1), k, LINE, BLOCK_K)
+        if GATED:
+            prefetch_rows(up, tl.minimum(rows, n - 1), k, LINE, BLOCK_K)
+        after_previous_kernel()
     inverse = 1.0
     if NORM:
         inverse = inverse_rms(x, k, eps, BLOCK_K, STAGES)
@@ -47,6 +54,33 @@ def linear_kernel(
     if RESIDUAL:
         result += tl.load(residual + rows, mask=live, other=0.0).to(tl.float32)
     tl.store(out + rows, rounded(result, dtype, INTERPRETED).to(dtype), mask=live)
+
+
+@triton.jit
+def prefetch_rows(weight, rows, k, LINE: tl.constexpr, BLOCK_K: tl.constexpr):
+    """The ``k`` values of each of ``rows`` at ``weight`` fetched into L2: one request per 128-byte line.
+
+    ``LINE`` values make a line; ``BLOCK_K`` columns are requested per loop step. Only for what no
+    kernel writes while this one may run early (weights): it comes before :func:`after_previous_kernel`.
+    """
+    lines = tl.arange(0, max(1, BLOCK_K // LINE)) * LINE
+    for start in range(0, k, BLOCK_K):
+        at = tl.minimum(start + lines, k - 1)
+        tl.inline_asm_elementwise(
+            "prefetch.global.L2 [$1]; // $0", "=r,l", [weight + rows[:, None] * k + at[None, :]],
+            dtype=tl.int32, is_pure=False, pack=1,
+        )  # fmt: skip
+
+
+@triton.jit
+def after_previous_kernel():
+    """Wait for the kernel ahead in the stream (its writes visible after), then let the next one launch.
+
+    Under dependent launch a kernel may start before the one ahead has finished: everything it
+    loads or stores, except what :func:`prefetch_rows` fetched, comes after this.
+    """
+    gdc_wait()
+    gdc_launch_dependents()
 
 
 @triton.jit

@@ -22,6 +22,7 @@ import logging
 
 import torch
 
+from ume_plugins.engine import dependent_launch
 from ume_plugins.engine.attention import triton_available
 from ume_plugins.engine.gemv import agrees, launch_config, reference_linear
 
@@ -174,13 +175,15 @@ def project_rotate_and_cache(
     query = torch.empty(1, heads, head_dim, dtype=x.dtype, device=x.device)
     block_n, block_k, warps, stages = launch_config(n, k, False, x.dtype, x.device)
     pairs = max(1, min(block_n // 2, head_dim // 2))  # both powers of two: pairs divide half a head
+    dependent = dependent_launch.enabled(x.device)
     guard = torch.cuda.device(x.device) if x.is_cuda else contextlib.nullcontext()
     with guard:
         _projection_kernel()[(n // 2 // pairs,)](
             x, weight, bias if bias is not None else x, norm, cos, signed_sin, keys, values, write, query,
             k, eps, *keys.stride()[1:], *values.stride()[1:], heads, kv_heads,
             PAIRS=pairs, BLOCK_K=block_k, STAGES=stages, HEAD_DIM=head_dim, BIAS=bias is not None,
-            INTERPRETED=not x.is_cuda, num_warps=warps, enable_fp_fusion=x.dtype != torch.float32,
+            LINE=128 // x.element_size(), PDL=dependent, INTERPRETED=not x.is_cuda, num_warps=warps,
+            enable_fp_fusion=x.dtype != torch.float32, launch_pdl=dependent,
         )  # fmt: skip
     return query
 

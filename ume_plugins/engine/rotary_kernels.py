@@ -5,7 +5,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from ume_plugins.engine.gemv_kernels import input_block, inverse_rms, rounded
+from ume_plugins.engine.gemv_kernels import after_previous_kernel, input_block, inverse_rms, prefetch_rows, rounded
 
 
 @triton.jit
@@ -47,7 +47,7 @@ def projection_rotary_kernel(
     x, weight, bias, norm, cos, signed_sin, keys, values, write, query,
     k, eps, sk1, sk2, sk3, sv1, sv2, sv3, heads, kv_heads,
     PAIRS: tl.constexpr, BLOCK_K: tl.constexpr, STAGES: tl.constexpr, HEAD_DIM: tl.constexpr, BIAS: tl.constexpr,
-    INTERPRETED: tl.constexpr,
+    LINE: tl.constexpr, PDL: tl.constexpr, INTERPRETED: tl.constexpr,
 ):  # fmt: skip
     """Each program: ``PAIRS`` output pairs ``(i, i + HEAD_DIM / 2)`` of one head, rotated and stored.
 
@@ -69,6 +69,9 @@ def projection_rotary_kernel(
     stacked = tl.arange(0, 2 * PAIRS)
     rows = head * HEAD_DIM + first % half + stacked % PAIRS + (stacked // PAIRS) * half
     cols = tl.arange(0, BLOCK_K)
+    if PDL:  # see gemv_kernels.linear_kernel
+        prefetch_rows(weight, rows, k, LINE, BLOCK_K)
+        after_previous_kernel()
     inverse = inverse_rms(x, k, eps, BLOCK_K, STAGES)
     acc = tl.zeros([2 * PAIRS, BLOCK_K], tl.float32)
     for start in tl.range(0, k, BLOCK_K, num_stages=STAGES):

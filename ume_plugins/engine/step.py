@@ -40,6 +40,7 @@ from typing import NamedTuple
 
 import torch
 
+from ume_plugins.engine import dependent_launch
 from ume_plugins.engine.attention import additive_mask, decode_attention, kernel_usable
 from ume_plugins.engine.gemv import decode_linear
 from ume_plugins.engine.gemv_tuning import UNITS, LayerShape, gemv_choice
@@ -170,6 +171,8 @@ def device_paths(model: torch.nn.Module) -> StepPaths:
     """
     if model.device.type != "cuda":
         return StepPaths(None, False)
+    # Decided before the checks and tunings below capture graphs of their kernels.
+    dependent_launch.prepare(model.device)
     _, heads, kv_heads, head_dim = decoder_shape(model)
     usable = kernel_usable(model.device, model.dtype, heads // kv_heads, head_dim)
     decoder = model.model.language_model
