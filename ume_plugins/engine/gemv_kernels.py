@@ -24,9 +24,9 @@ def linear_kernel(
     live = rows < n
     cols = tl.arange(0, BLOCK_K)
     if PDL:
-        prefetch_rows(weight, tl.minimum(rows, n - 1), k, LINE, BLOCK_K)
+        prefetch_rows(weight, tl.minimum(rows, n - 1), k, LINE, BLOCK_K, STAGES)
         if GATED:
-            prefetch_rows(up, tl.minimum(rows, n - 1), k, LINE, BLOCK_K)
+            prefetch_rows(up, tl.minimum(rows, n - 1), k, LINE, BLOCK_K, STAGES)
         after_previous_kernel()
     inverse = 1.0
     if NORM:
@@ -57,14 +57,16 @@ def linear_kernel(
 
 
 @triton.jit
-def prefetch_rows(weight, rows, k, LINE: tl.constexpr, BLOCK_K: tl.constexpr):
-    """The ``k`` values of each of ``rows`` at ``weight`` fetched into L2: one request per 128-byte line.
+def prefetch_rows(weight, rows, k, LINE: tl.constexpr, BLOCK_K: tl.constexpr, STEPS: tl.constexpr):
+    """The first ``STEPS`` loop steps' columns (``BLOCK_K`` each) of ``rows`` at ``weight`` fetched into L2.
 
-    ``LINE`` values make a line; ``BLOCK_K`` columns are requested per loop step. Only for what no
-    kernel writes while this one may run early (weights): it comes before :func:`after_previous_kernel`.
+    What the kernel's loop reads first, so a program's footprint in L2 stays one to a few tiles
+    (a whole row slice of a large MLP weight, times the resident programs, could outgrow L2).
+    One request per 128-byte line of ``LINE`` values. Only for what no kernel writes while this one
+    may run early (weights): it comes before :func:`after_previous_kernel`.
     """
     lines = tl.arange(0, max(1, BLOCK_K // LINE)) * LINE
-    for start in range(0, k, BLOCK_K):
+    for start in range(0, tl.minimum(k, STEPS * BLOCK_K), BLOCK_K):
         at = tl.minimum(start + lines, k - 1)
         tl.inline_asm_elementwise(
             "prefetch.global.L2 [$1]; // $0", "=r,l", [weight + rows[:, None] * k + at[None, :]],

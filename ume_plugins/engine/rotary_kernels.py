@@ -70,7 +70,7 @@ def projection_rotary_kernel(
     rows = head * HEAD_DIM + first % half + stacked % PAIRS + (stacked // PAIRS) * half
     cols = tl.arange(0, BLOCK_K)
     if PDL:  # see gemv_kernels.linear_kernel
-        prefetch_rows(weight, rows, k, LINE, BLOCK_K)
+        prefetch_rows(weight, rows, k, LINE, BLOCK_K, STAGES)
         after_previous_kernel()
     inverse = inverse_rms(x, k, eps, BLOCK_K, STAGES)
     acc = tl.zeros([2 * PAIRS, BLOCK_K], tl.float32)
