@@ -8,8 +8,10 @@ addresses are known divisible by 16), so the code is the code a launch on a GPU 
 
 Prints one JSON object per build: the kernel, the case, the target, ``error`` (None when it built),
 its registers and stack bytes (spilled values live on the stack), ``vector_bytes``: the bytes one
-thread loads in 16-byte vector loads, and ``streamed_bytes``: the bytes of weights (or keys and
-values) one thread loads per loop step, which should all come in such loads.
+thread loads in 16-byte vector loads, ``streamed_bytes``: the bytes of weights (or keys and
+values) one thread loads per loop step, which should all come in such loads, and for dependent
+launch (sm_90): ``waits_first``, whether the wait on the kernel ahead comes before every global load
+and store, and ``early_prefetches``, the L2 prefetches before it.
 """
 
 from __future__ import annotations
