@@ -10,8 +10,9 @@ Prints one JSON object per build: the kernel, the case, the target, ``error`` (N
 its registers and stack bytes (spilled values live on the stack), ``vector_bytes``: the bytes one
 thread loads in 16-byte vector loads, ``streamed_bytes``: the bytes of weights (or keys and
 values) one thread loads per loop step, which should all come in such loads, and for dependent
-launch (sm_90): ``waits_first``, whether the wait on the kernel ahead comes before every global load
-and store, and ``early_prefetches``, the L2 prefetches before it.
+launch (sm_90): ``waits``, whether the kernel waits on the kernel ahead, ``waits_first``, whether
+that wait comes before every global load and store, and ``early_prefetches``, the L2 prefetches
+before it.
 """
 
 from __future__ import annotations
@@ -102,6 +103,7 @@ def build(kernel, arch: int, args: dict, constants: dict, warps: int = 4, stages
         "streamed_bytes": None,
         # Under dependent launch: whether the wait comes before every global load and store, and the
         # L2 prefetches before it (what the kernel may touch early).
+        "waits": wait >= 0,
         "waits_first": wait >= 0 and (memory is None or wait < memory.start()),
         "early_prefetches": len(re.findall(r"prefetch\.global\.L2", ptx[: max(wait, 0)])),
     }
