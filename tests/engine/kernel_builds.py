@@ -30,9 +30,10 @@ from triton.compiler import ASTSource
 
 from ume_plugins.engine.attention import _BLOCK_N, _split_length, next_power_of_2
 from ume_plugins.engine.attention_kernels import combine_kernel, split_kernel
-from ume_plugins.engine.gemv import KernelConfig
+from ume_plugins.engine.gemv import KernelConfig, line_values
 from ume_plugins.engine.gemv_kernels import linear_kernel
 from ume_plugins.engine.gemv_tuning import LayerShape, candidate_configs
+from ume_plugins.engine.rotary import projection_pairs
 from ume_plugins.engine.rotary_kernels import projection_rotary_kernel, rotate_kernel
 
 # Targets: compute capability and multiprocessor count (A100; H100 and H200).
@@ -45,6 +46,7 @@ LAYERS = {
     "7B": (LayerShape(3584, 4608, True, 3584, 18944), 28, 4),
 }
 HEAD_DIM = 128
+LINE = line_values(torch.bfloat16)
 _DTYPES = {torch.bfloat16: "bf16", torch.float32: "fp32", torch.int64: "i64", torch.int32: "i32"}
 
 
@@ -119,13 +121,13 @@ def gemv_builds(target: str, model: str) -> list[dict]:
         for config in candidate_configs(n, k, processors):
             block_n, block_k, warps, stages = config
             args = dict.fromkeys(("x", "weight", "up", "bias", "norm", "residual", "out"), x) | {"n": n, "k": k}
-            constants = flags | {"BLOCK_N": block_n, "BLOCK_K": block_k, "STAGES": stages, "LINE": 64}
+            constants = flags | {"BLOCK_N": block_n, "BLOCK_K": block_k, "STAGES": stages, "LINE": LINE}
             constants |= {"PDL": DEPENDENT[target], "INTERPRETED": False}
             record = build(linear_kernel, arch, args | {"eps": 1e-6}, constants, warps)
             record["streamed_bytes"] = (2 if flags["GATED"] else 1) * block_n * block_k * 2 // (32 * warps)
             records.append(record | {"kernel": "linear", "case": f"{model} {call} {tuple(config)}"})
             if call == "qkv":
-                pairs = max(1, min(block_n // 2, HEAD_DIM // 2))
+                pairs = projection_pairs(block_n, HEAD_DIM)
                 records.append(projection_build(target, shape, kv_heads, pairs, config) | {"kernel": "rotary"})
     return records
 
@@ -140,7 +142,7 @@ def projection_build(target: str, shape: LayerShape, kv_heads: int, pairs: int, 
     args |= dict(zip(("sk1", "sk2", "sk3"), cache.stride()[1:], strict=True))
     args |= dict(zip(("sv1", "sv2", "sv3"), cache.stride()[1:], strict=True)) | {"kv_heads": kv_heads}
     constants = {"PAIRS": pairs, "BLOCK_K": block_k, "STAGES": stages, "HEAD_DIM": HEAD_DIM, "BIAS": shape.qkv_bias}
-    constants |= {"LINE": 64, "PDL": DEPENDENT[target], "INTERPRETED": False}
+    constants |= {"LINE": LINE, "PDL": DEPENDENT[target], "INTERPRETED": False}
     record = build(projection_rotary_kernel, TARGETS[target][0], args, constants, warps)
     # Two weight rows (the pair's halves) of ``block_k`` columns per pair.
     streamed = 2 * pairs * block_k * 2 // (32 * warps)

@@ -136,7 +136,7 @@ def linear_with(
             x, weight, up if up is not None else weight, bias if bias is not None else x,
             norm if norm is not None else x, residual.contiguous() if residual is not None else x, out, n, k, eps,
             NORM=norm is not None, GATED=up is not None, BIAS=bias is not None, RESIDUAL=residual is not None,
-            BLOCK_N=block_n, BLOCK_K=block_k, STAGES=stages, LINE=128 // x.element_size(), PDL=dependent,
+            BLOCK_N=block_n, BLOCK_K=block_k, STAGES=stages, LINE=line_values(x.dtype), PDL=dependent,
             INTERPRETED=not x.is_cuda, num_warps=warps, launch_pdl=dependent,
         )  # fmt: skip
     return out
@@ -176,6 +176,11 @@ def launch_config(n: int, k: int, gated: bool, dtype: torch.dtype, device: torch
 def use_config(n: int, k: int, gated: bool, dtype: torch.dtype, device: torch.device, config: KernelConfig) -> None:
     """Launch ``n x k`` weights of ``dtype`` on ``device`` with ``config`` from now on (set before any capture)."""
     _tuned[(n, k, gated, dtype, indexed(device))] = config
+
+
+def line_values(dtype: torch.dtype) -> int:
+    """Values of ``dtype`` in a 128-byte cache line: what the kernels' L2 prefetch requests one at a time."""
+    return 128 // dtype.itemsize
 
 
 def multiprocessors(device: torch.device) -> int:

@@ -24,9 +24,10 @@ def linear_kernel(
     live = rows < n
     cols = tl.arange(0, BLOCK_K)
     if PDL:
-        prefetch_rows(weight, tl.minimum(rows, n - 1), k, LINE, BLOCK_K, STAGES)
+        inside_rows = tl.minimum(rows, n - 1)  # the last program's rows past n fetch row n - 1 again
+        prefetch_rows(weight, inside_rows, k, LINE, BLOCK_K, STAGES)
         if GATED:
-            prefetch_rows(up, tl.minimum(rows, n - 1), k, LINE, BLOCK_K, STAGES)
+            prefetch_rows(up, inside_rows, k, LINE, BLOCK_K, STAGES)
         after_previous_kernel()
     inverse = 1.0
     if NORM:

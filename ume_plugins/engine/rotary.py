@@ -24,7 +24,7 @@ import torch
 
 from ume_plugins.engine import dependent_launch
 from ume_plugins.engine.attention import triton_available
-from ume_plugins.engine.gemv import agrees, launch_config, reference_linear
+from ume_plugins.engine.gemv import agrees, launch_config, line_values, reference_linear
 
 logger = logging.getLogger(__name__)
 
@@ -174,7 +174,7 @@ def project_rotate_and_cache(
     x, weight = x.contiguous(), weight.contiguous()
     query = torch.empty(1, heads, head_dim, dtype=x.dtype, device=x.device)
     block_n, block_k, warps, stages = launch_config(n, k, False, x.dtype, x.device)
-    pairs = max(1, min(block_n // 2, head_dim // 2))  # both powers of two: pairs divide half a head
+    pairs = projection_pairs(block_n, head_dim)
     dependent = dependent_launch.enabled(x.device)
     guard = torch.cuda.device(x.device) if x.is_cuda else contextlib.nullcontext()
     with guard:
@@ -182,10 +182,18 @@ def project_rotate_and_cache(
             x, weight, bias if bias is not None else x, norm, cos, signed_sin, keys, values, write, query,
             k, eps, *keys.stride()[1:], *values.stride()[1:], heads, kv_heads,
             PAIRS=pairs, BLOCK_K=block_k, STAGES=stages, HEAD_DIM=head_dim, BIAS=bias is not None,
-            LINE=128 // x.element_size(), PDL=dependent, INTERPRETED=not x.is_cuda, num_warps=warps,
+            LINE=line_values(x.dtype), PDL=dependent, INTERPRETED=not x.is_cuda, num_warps=warps,
             enable_fp_fusion=x.dtype != torch.float32, launch_pdl=dependent,
         )  # fmt: skip
     return query
+
+
+def projection_pairs(block_n: int, head_dim: int) -> int:
+    """Output pairs a program of :func:`project_rotate_and_cache` takes under a GEMV config of ``block_n`` outputs.
+
+    Its tile is then the GEMV's (``2 * pairs`` rows); both are powers of two, so the pairs divide half a head.
+    """
+    return max(1, min(block_n // 2, head_dim // 2))
 
 
 @project_rotate_and_cache.register_fake
