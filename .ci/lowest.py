@@ -7,14 +7,11 @@ pins of requirements/lock.in: they are the builds this project's machines serve 
 
 import re
 import sys
-from pathlib import Path
 
 import tomllib
-from pins import normalised, torch_pins
+from pins import LOCAL, ROOT, normalised, torch_pins
 
-ROOT = Path(__file__).resolve().parent.parent
 EXTRAS = {"test", "video", "peft", "ray"}
-LOCAL = {"ume-plugins", "langchain-ume", "llama-index-embeddings-ume", "ume-mteb"}
 REQUIREMENT = re.compile(r"^\s*([A-Za-z0-9_.-]+)\s*(?:\[[^\]]*\])?\s*(.*)$")
 
 

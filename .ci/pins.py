@@ -4,6 +4,8 @@ import re
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+# The distributions this repository builds itself (the package and its integrations).
+LOCAL = {"ume-plugins", "langchain-ume", "llama-index-embeddings-ume", "ume-mteb"}
 
 
 def torch_pins() -> dict[str, str]:
