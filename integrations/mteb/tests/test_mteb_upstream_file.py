@@ -97,6 +97,27 @@ def test_upstream_file_matches_ume_mteb(upstream, tiny_path, mode, kind):
     np.testing.assert_allclose(vectors[0], vectors[1], atol=1e-4)
 
 
+@pytest.mark.parametrize("size", [(2131, 1421), (1600, 1600), (3000, 2)], ids=["two-resizes", "square", "too-thin"])
+def test_upstream_file_resizes_large_images_as_the_official_eval(upstream, tiny_path, size):
+    # The eval resizes twice (qwen-vl-utils within 12,845,056 pixels, then the processor within
+    # 1536 * 1536): sides are rounded to multiples of 28 before the cap, so one resize to the cap
+    # lands elsewhere for some sizes (2131x1421: 1876x1232 in one step, 1848x1232 in two).
+    ours = ume_mteb.load_model(str(tiny_path), mode="discriminative", device="cpu").model[0]
+    theirs = upstream.UMER1Wrapper(str(tiny_path), device="cpu", mode="discriminative", dtype=torch.float32)
+    picture = image(30, size)
+    if max(size) / min(size) > 200:
+        with pytest.raises(ValueError, match="aspect ratio"):
+            theirs._model_inputs({"image": [picture]}, "")
+        return
+    for key, value in (("image", picture), ("video", [picture, image(31, size)])):
+        expected = ours.preprocess([{key: value}], mode="discriminative")
+        actual = theirs._model_inputs({key: [value]}, "")
+        prefix = "pixel_values_videos" if key == "video" else "pixel_values"
+        grid = "video_grid_thw" if key == "video" else "image_grid_thw"
+        assert torch.equal(actual[grid], expected[grid]), key
+        torch.testing.assert_close(actual[prefix], expected[prefix], rtol=0, atol=1e-6)
+
+
 def test_upstream_metas_match_ours_and_replace_mtebs(upstream):
     for upstream_meta in (upstream.ume_r1_2b, upstream.ume_r1_7b):
         ours = UME_R1_2B_META if upstream_meta.name.endswith("2B") else ume_mteb.UME_R1_7B_META

@@ -6,8 +6,9 @@ adds, over the generative-only wrapper:
 - ``mode="discriminative"``: one forward pass, the last-layer state at ``<disc_emb>``;
 - task instructions (``get_instruction``) before the input's text on the query side; documents get
   only an instruction their task declares for documents;
-- the official eval's input handling: every image and video frame resized to multiples of 28
-  within [3136, 1536 * 1536] pixels, 8 frames sampled with ``linspace(0, n - 1, 8)`` cast to int;
+- the official eval's input handling: every image and video frame resized as qwen-vl-utils does
+  (multiples of 28 within [3136, 12,845,056] pixels), then by the processor within 1536 * 1536
+  pixels; 8 frames sampled with ``linspace(0, n - 1, 8)`` cast to int;
 - the ``<gen_emb>`` state read by one forward pass over prompt + reasoning (the maintainers'
   equivalent definition), so no per-step hidden states are kept; a rollout that never writes
   ``<gen_emb>`` gets it appended after its reasoning, with a warning (no silent fallback).
@@ -43,11 +44,13 @@ UME_R1_EMBED_PROMPT = (
     "Finally, use the <gen_emb> tag to represent the entire input."
 )
 MODES = ("generative", "discriminative")
-# effective pixel bounds of the official eval: qwen-vl-utils' fetch_image (>= 4 * 28 * 28) then
-# the processor (<= 1536 * 1536); video frames follow the same rules as images
-MIN_PIXELS = 4 * 28 * 28
-MAX_PIXELS = 1536 * 1536
+# the official eval resizes twice, video frames as images: qwen-vl-utils' fetch_image within
+# FETCH_PIXELS, then the processor within PROCESSOR_PIXELS; sides are rounded to multiples of 28
+# before each cap, so one resize to the tighter bounds lands elsewhere for some sizes
+FETCH_PIXELS = (4 * 28 * 28, 16384 * 28 * 28)
+PROCESSOR_PIXELS = (28 * 28, 1536 * 1536)
 PATCH = 28
+MAX_ASPECT_RATIO = 200
 # the official eval gives text-only inputs a white 28x28 image (56x56 after resizing)
 BLANK_IMAGE_SIDE = 28
 
@@ -143,7 +146,7 @@ class UMER1Wrapper(AbsEncoder):
             )
             images += row_images
             videos += [frames] if frames else []
-        bounds = {"shortest_edge": MIN_PIXELS, "longest_edge": MAX_PIXELS}
+        bounds = {"shortest_edge": PROCESSOR_PIXELS[0], "longest_edge": PROCESSOR_PIXELS[1]}
         return self.processor(
             text=texts,
             images=images or None,
@@ -244,14 +247,17 @@ def _fit(image: Image.Image | None) -> Image.Image | None:
     from PIL import Image
 
     image = image.convert("RGB")
+    if max(image.size) / min(image.size) > MAX_ASPECT_RATIO:
+        raise ValueError(f"image aspect ratio exceeds {MAX_ASPECT_RATIO} ({image.width}x{image.height})")
+    min_pixels, max_pixels = FETCH_PIXELS
     height = max(PATCH, round(image.height / PATCH) * PATCH)
     width = max(PATCH, round(image.width / PATCH) * PATCH)
-    if height * width > MAX_PIXELS:
-        beta = math.sqrt(image.height * image.width / MAX_PIXELS)
+    if height * width > max_pixels:
+        beta = math.sqrt(image.height * image.width / max_pixels)
         height = math.floor(image.height / beta / PATCH) * PATCH
         width = math.floor(image.width / beta / PATCH) * PATCH
-    elif height * width < MIN_PIXELS:
-        beta = math.sqrt(MIN_PIXELS / (image.height * image.width))
+    elif height * width < min_pixels:
+        beta = math.sqrt(min_pixels / (image.height * image.width))
         height = math.ceil(image.height * beta / PATCH) * PATCH
         width = math.ceil(image.width * beta / PATCH) * PATCH
     if (width, height) == image.size:
