@@ -120,10 +120,10 @@ def test_chat_messages_are_inputs_like_their_dicts(model):
 def test_the_forced_gen_emb_warning_is_said_once_per_call_with_the_total(model, caplog):
     with caplog.at_level(logging.WARNING, logger="ume_plugins"):
         model.encode(["a", "bb", "ccc"], batch_size=1, generation_kwargs={"max_new_tokens": 2})
-    warnings = [record.getMessage() for record in caplog.records if "did not write <gen_emb>" in record.getMessage()]
+    warnings = [record.getMessage() for record in caplog.records if "without writing <gen_emb>" in record.getMessage()]
     assert warnings == [
-        "3 of 3 rollouts did not write <gen_emb> within 2 new tokens: <gen_emb> was appended after their "
-        "reasoning (flagged as gen_emb_forced)."
+        "3 of 3 rollouts ended without writing <gen_emb> (at an end-of-sequence token, at the 2-token budget or "
+        "at their answer budget): <gen_emb> was appended after their reasoning (flagged as gen_emb_forced)."
     ]
 
 

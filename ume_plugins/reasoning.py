@@ -100,11 +100,7 @@ class ForcedGenEmbWarning:
 
     def _say(self) -> None:
         if self.forced:
-            logger.warning(
-                "%d of %d rollouts did not write <gen_emb> within %d new tokens: <gen_emb> was appended after "
-                "their reasoning (flagged as gen_emb_forced).",
-                self.forced,
-                self.rollouts,
-                self.budget,
-            )
+            from ume_plugins.engine.base import forced_warning  # torch: only once encoding has run
+
+            logger.warning(forced_warning(self.forced, self.rollouts, self.budget))
         self.forced = self.rollouts = 0

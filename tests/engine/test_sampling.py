@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 import pytest
 import torch
@@ -67,6 +69,22 @@ def test_torch_manual_seed_reproduces_calls_without_a_seed(model):
 def test_several_greedy_rollouts_are_refused(model):
     with pytest.raises(ValueError, match="num_samples > 1 needs sampling"):
         model.encode(["a cat"], num_samples=2, generation_kwargs={"do_sample": False})
+
+
+def test_k_rollouts_refuse_top_k_one_and_name_the_checkpoints_other_sampling_fields(model, module, monkeypatch):
+    # The published checkpoints carry Qwen2-VL-Instruct's near-greedy sampling; as for generate, its
+    # fields apply unless overridden, and with top_k=1 all k rollouts would be one rollout k times.
+    config = copy.deepcopy(module.model.generation_config)
+    config.update(do_sample=True, temperature=0.1, top_p=0.001, top_k=1, repetition_penalty=1.05)
+    monkeypatch.setattr(module.model, "generation_config", config)
+    expected = r"top_k=1 \(from the checkpoint's generation config\).* also sets top_p=0.001 \(override"
+    with pytest.raises(ValueError, match=expected):
+        model.encode(["a cat"], num_samples=2, generation_kwargs={"temperature": 0.7, "max_new_tokens": 8})
+    with pytest.raises(ValueError, match=r"top_k=1 \(from generation_kwargs\)"):
+        model.encode(["a cat"], num_samples=2, generation_kwargs={**SAMPLING, "top_p": 1.0, "top_k": 1})
+    overridden = {**SAMPLING, "top_p": 1.0, "top_k": 0}
+    rows = sample(model, ["a cat"], num_samples=4, seed=2, generation_kwargs=overridden)
+    assert len({tuple(ids.tolist()) for ids in rows[0]["generated_ids"]}) > 1
 
 
 def test_num_samples_needs_generative_mode(model):

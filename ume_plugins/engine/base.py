@@ -64,16 +64,17 @@ def missing_gen_emb_error(rollouts: Sequence[int], num_samples: int, max_new_tok
     """The error for ``on_missing="raise"``; ``rollouts`` are input-major rollout indices."""
     inputs = sorted({int(rollout) // num_samples for rollout in rollouts})
     return GenEmbMissingError(
-        f"batch rows {inputs} did not write <gen_emb> within {max_new_tokens} new tokens; "
-        "raise max_new_tokens or use on_missing_gen_emb='force'"
+        f"batch rows {inputs} ended without writing <gen_emb> (at an end-of-sequence token or at the "
+        f"{max_new_tokens}-token budget); raise max_new_tokens or use on_missing_gen_emb='force'"
     )
 
 
 def forced_warning(forced: int, total: int, max_new_tokens: int | None) -> str:
     """The warning for rollouts whose ``<gen_emb>`` was appended (say it once per call)."""
     return (
-        f"{forced} of {total} rollouts did not write <gen_emb> within {max_new_tokens} new tokens (or their "
-        "answer budget): <gen_emb> was appended after their reasoning (flagged as gen_emb_forced)."
+        f"{forced} of {total} rollouts ended without writing <gen_emb> (at an end-of-sequence token, at the "
+        f"{max_new_tokens}-token budget or at their answer budget): <gen_emb> was appended after their "
+        "reasoning (flagged as gen_emb_forced)."
     )
 
 

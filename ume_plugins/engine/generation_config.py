@@ -66,7 +66,8 @@ def build_generation_config(
 
     Raises:
         ValueError: An override that would break embedding capture or that no decoder honours, one
-            that ``generate`` does not know, or ``num_samples > 1`` with greedy decoding.
+            that ``generate`` does not know, or ``num_samples > 1`` with greedy decoding or
+            ``top_k=1`` (identical rollouts).
     """
     for key, (neutral, why) in _UNSUPPORTED_GENERATION_KWARGS.items():
         if key in overrides and overrides[key] not in neutral:
@@ -85,6 +86,8 @@ def build_generation_config(
         setattr(config, key, value)
     if num_samples > 1 and not config.do_sample:
         raise ValueError("num_samples > 1 needs sampling: greedy rollouts of one input are all the same")
+    if num_samples > 1 and config.top_k == 1:
+        raise ValueError(_one_token_sampling(config, overrides, num_samples))
     if config.max_new_tokens < 1:
         raise ValueError(f"max_new_tokens must be positive, got {config.max_new_tokens}")
     if not config.do_sample:
@@ -98,6 +101,28 @@ def build_generation_config(
     config.return_dict_in_generate = False
     config.num_return_sequences = 1
     return config
+
+
+def _one_token_sampling(config: GenerationConfig, overrides: dict[str, Any], num_samples: int) -> str:
+    """Why ``top_k=1`` is refused for several rollouts, naming the checkpoint's other sampling fields.
+
+    As for ``generate``, the checkpoint's sampling fields apply unless overridden; the published
+    checkpoints carry Qwen2-VL-Instruct's near-greedy ones, which a user asking for k samples rarely means.
+    """
+    source = "generation_kwargs" if "top_k" in overrides else "the checkpoint's generation config"
+    message = (
+        f"num_samples={num_samples} with top_k=1 (from {source}) keeps one token per step, so every rollout "
+        "of an input would be the same; pass generation_kwargs={'top_k': 0} (no top-k) or a larger top_k"
+    )
+    defaults = GenerationConfig()
+    inherited = [
+        f"{key}={getattr(config, key)!r}"
+        for key in _SAMPLING_ONLY
+        if key != "top_k" and key not in overrides and getattr(config, key, None) != getattr(defaults, key, None)
+    ]
+    if inherited:
+        message += f". The checkpoint's generation config also sets {', '.join(inherited)} (override them too)"
+    return message
 
 
 def order_fields(config: GenerationConfig) -> list[str]:

@@ -183,7 +183,10 @@ class UMER1Wrapper(AbsEncoder):
             else:
                 end = next((i for i, token in enumerate(generated) if token in stops), len(generated))
                 reasoning = [*generated[:end], self.gen_emb_id]
-                logger.warning("no <gen_emb> within %d new tokens: appended after the reasoning", self.max_new_tokens)
+                logger.warning(
+                    "no <gen_emb> before an end-of-sequence token or the %d-token budget: appended after the reasoning",
+                    self.max_new_tokens,
+                )
             reasoning_ids = prompt_ids.new_tensor(reasoning)
             sequences_ids.append(torch.cat([prompt_ids[row][mask[row]], reasoning_ids]))
             if types is not None:  # the reasoning is text (type 0)
