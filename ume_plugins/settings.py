@@ -146,6 +146,7 @@ class EmbeddingSettings:
             "thinking_budget": self.thinking_budget,
             "answer_budget": self.answer_budget,
             "compile": self.decode_compile,
+            "processor_pixels": (self.processor_min_pixels, self.processor_max_pixels),
         }
 
     def prompt_token_limit(self, max_positions: int) -> int:

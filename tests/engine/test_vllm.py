@@ -123,6 +123,10 @@ def test_the_vllm_backend_runs_both_phases_through_encode(model, module, fake_vl
         assert cosines(row["sample_embeddings"], expected["sentence_embedding"][None]).min() >= 0.9999
     (engine,) = fake_vllm
     assert engine.kwargs["model"] == str(tiny_path) or engine.kwargs["model"].endswith(tiny_path.name)
+    # vLLM's processor resizes as ours does (within 1536² pixels), not with the checkpoint's bounds.
+    settings = module.settings
+    bounds = {"min_pixels": settings.processor_min_pixels, "max_pixels": settings.processor_max_pixels}
+    assert engine.kwargs["mm_processor_kwargs"] == bounds == {"min_pixels": 784, "max_pixels": 1536 * 1536}
     image_pad = "<|image_pad|>"
     prompts = {request["prompt"]: request for request in engine.requests}
     fox = next(prompt for prompt in prompts if "a red fox" in prompt)
@@ -131,6 +135,16 @@ def test_the_vllm_backend_runs_both_phases_through_encode(model, module, fake_vl
     assert pair.count(image_pad) == 2 and len(prompts[pair]["multi_modal_data"]["image"]) == 2
     video = next(request for request in engine.requests if "video" in request.get("multi_modal_data", {}))
     assert video["prompt"].count("<|video_pad|>") == 1 and video["multi_modal_data"]["video"].shape[0] == 4
+
+
+def test_vllm_resizes_with_the_models_bounds_under_the_users_own_processor_kwargs(fake_vllm, tiny_path):
+    user = {"mm_processor_kwargs": {"max_pixels": 512 * 512, "fps": 1}, "gpu_memory_utilization": 0.5}
+    accelerated = ume_plugins.load("ume-r1-tiny", device="cpu", backend="vllm", vllm_kwargs=user)
+    accelerated[0].processor_min_pixels = 56 * 56  # a setting changed after loading reaches vLLM
+    accelerated.encode(["a cat"])
+    (engine,) = fake_vllm
+    assert engine.kwargs["mm_processor_kwargs"] == {"min_pixels": 56 * 56, "max_pixels": 512 * 512, "fps": 1}
+    assert engine.kwargs["gpu_memory_utilization"] == 0.5
 
 
 def test_the_vllm_backend_refuses_hf_logits_processors(fake_vllm, tiny_path, module):

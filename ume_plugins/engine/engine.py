@@ -60,6 +60,9 @@ class EngineSpec:
             raises :class:`~ume_plugins.engine.base.GenEmbMissingError`.
         backend: ``"hf"`` (built-in decoders) or ``"vllm"``.
         vllm_kwargs: Extra arguments for ``vllm.LLM``.
+        processor_pixels: The processor's resize bounds ``(min, max)`` in pixels, which vLLM's own
+            processor is given too, so that its reasoning sees the images our processor gives the
+            model (None: vLLM keeps the checkpoint's bounds).
         max_slots: Most rollouts the slot engine decodes at once; a larger batch waits and fills
             slots as rollouts finish.
         thinking_budget: Tokens after which an unclosed ``<think>`` is closed with
@@ -80,6 +83,7 @@ class EngineSpec:
     on_missing: OnMissing = "force"
     backend: Backend = "hf"
     vllm_kwargs: dict[str, Any] | None = field(default=None, hash=False)
+    processor_pixels: tuple[int, int] | None = None
     max_slots: int = 32
     thinking_budget: int | None = None
     answer_budget: int = 64
@@ -148,6 +152,7 @@ class Engine:
             disc_emb_id=spec.disc_emb_id,
             on_missing=spec.on_missing,
             vllm_kwargs=spec.vllm_kwargs,
+            processor_pixels=spec.processor_pixels,
         )
 
     def disc_states(self, model: torch.nn.Module, features: dict[str, Any]) -> torch.Tensor:

@@ -9,7 +9,8 @@
 vLLM is an optional extra imported only here, and only when this backend runs:
 ``pip install "ume-plugins[vllm]"`` (it needs a CUDA GPU). Phase 1 gets the prompt exactly as our
 processor tokenised it (image/video pad runs collapsed back to one placeholder each, which vLLM
-expands itself) and the already-resized images and frames.
+expands itself) and the images and frames after the first resize; vLLM's processor does the second
+with our processor's bounds.
 """
 
 from __future__ import annotations
@@ -66,6 +67,10 @@ class VllmBackend:
         disc_emb_id: Id of ``<disc_emb>``.
         on_missing: ``"raise"`` raises when a rollout lacks ``<gen_emb>``.
         vllm_kwargs: Extra arguments for ``vllm.LLM``.
+        processor_pixels: Our processor's resize bounds ``(min, max)``, given to vLLM's processor
+            (its ``mm_processor_kwargs``; the user's own keys there win). Without them it would
+            resize with the checkpoint's bounds, up to 12,845,056 pixels per image instead of
+            1536², and reason over other images than the model is shown in phase 2.
     """
 
     def __init__(
@@ -78,11 +83,20 @@ class VllmBackend:
         disc_emb_id: int,
         on_missing: OnMissing,
         vllm_kwargs: dict[str, Any] | None = None,
+        processor_pixels: tuple[int, int] | None = None,
     ) -> None:
         self.checkpoint, self.revision, self.tokenizer = checkpoint, revision, tokenizer
         self.gen_emb_id, self.disc_emb_id, self.on_missing = gen_emb_id, disc_emb_id, on_missing
         self.vllm_kwargs = vllm_kwargs or {}
+        self.processor_pixels = processor_pixels
         self.llm: Any = None
+
+    def processor_kwargs(self) -> dict[str, Any]:
+        """The ``mm_processor_kwargs`` for vLLM: our processor's pixel bounds, under the user's own keys."""
+        bounds = {}
+        if self.processor_pixels is not None:
+            bounds = {"min_pixels": self.processor_pixels[0], "max_pixels": self.processor_pixels[1]}
+        return {**bounds, **(self.vllm_kwargs.get("mm_processor_kwargs") or {})}
 
     def rollout(
         self,
@@ -115,6 +129,7 @@ class VllmBackend:
                 "dtype": str(model.dtype).removeprefix("torch."),
                 **DEFAULT_VLLM_KWARGS,
                 **self.vllm_kwargs,
+                "mm_processor_kwargs": self.processor_kwargs(),
             }
             logger.info("Starting vLLM for %s", self.checkpoint)
             self.llm = vllm.LLM(**kwargs)
