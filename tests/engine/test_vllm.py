@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import re
 import sys
 import types
 
@@ -145,6 +146,28 @@ def test_vllm_resizes_with_the_models_bounds_under_the_users_own_processor_kwarg
     (engine,) = fake_vllm
     assert engine.kwargs["mm_processor_kwargs"] == {"min_pixels": 56 * 56, "max_pixels": 512 * 512, "fps": 1}
     assert engine.kwargs["gpu_memory_utilization"] == 0.5
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "refused"),
+    [
+        ({"no_repeat_ngram_size": 3}, "no_repeat_ngram_size=3"),
+        ({"suppress_tokens": [5]}, "suppress_tokens=[5]"),
+        ({"do_sample": True, "typical_p": 0.5}, "typical_p=0.5"),
+    ],
+)
+def test_the_vllm_backend_refuses_generation_fields_it_cannot_honour(fake_vllm, kwargs, refused):
+    accelerated = ume_plugins.load("ume-r1-tiny", device="cpu", backend="vllm")
+    with pytest.raises(ValueError, match=rf"cannot honour generation config {re.escape(refused)}; use backend='hf'"):
+        accelerated.encode(["a cat"], generation_kwargs=kwargs)
+    assert not fake_vllm  # refused before vLLM starts
+
+
+def test_min_new_tokens_becomes_vllms_min_tokens(module):
+    fake = types.SimpleNamespace(SamplingParams=lambda **kwargs: types.SimpleNamespace(**kwargs))
+    config = module.model.generation_config.__class__(min_new_tokens=5, max_new_tokens=9, eos_token_id=[1, 2])
+    params = vllm_backend.sampling_params(fake, config, 1, None, gen_emb_id=7)
+    assert (params.min_tokens, params.max_tokens, params.stop_token_ids) == (5, 9, [7, 1, 2])
 
 
 def test_the_vllm_backend_refuses_hf_logits_processors(fake_vllm, tiny_path, module):

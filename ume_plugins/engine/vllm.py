@@ -114,11 +114,16 @@ class VllmBackend:
 
         Raises:
             ImportError: vLLM is not installed.
-            ValueError: HF ``logits_processor`` / ``stopping_criteria`` hooks, which vLLM cannot run.
+            ValueError: HF ``logits_processor`` / ``stopping_criteria`` hooks, or generation config
+                fields (:func:`unsupported_fields`), which vLLM cannot run.
             GenEmbMissingError: A rollout lacks ``<gen_emb>`` and ``on_missing="raise"``.
         """
         if hooks:
             raise ValueError(f"backend='vllm' cannot run transformers {sorted(hooks)}; use backend='hf'")
+        unsupported = unsupported_fields(config)
+        if unsupported:
+            fields = ", ".join(unsupported)
+            raise ValueError(f"backend='vllm' cannot honour generation config {fields}; use backend='hf'")
         if items is None:
             raise ValueError("backend='vllm' needs the decoded items: run preprocess with backend='vllm'")
         vllm = import_vllm()
@@ -252,6 +257,24 @@ def phase_one_requests(tokenizer: Any, features: dict[str, torch.Tensor], items:
     return requests
 
 
+def unsupported_fields(config: GenerationConfig) -> list[str]:
+    """The config's score-changing fields, set, that :func:`sampling_params` has no vLLM equivalent for."""
+    fields = {
+        "sequence_bias": config.sequence_bias is not None,
+        "no_repeat_ngram_size": bool(config.no_repeat_ngram_size),
+        "bad_words_ids": config.bad_words_ids is not None,
+        "suppress_tokens": config.suppress_tokens is not None,
+        "min_length": bool(config.min_length),
+    }
+    if config.do_sample:
+        fields.update(
+            typical_p=config.typical_p is not None and config.typical_p < 1.0,
+            epsilon_cutoff=config.epsilon_cutoff is not None and 0.0 < config.epsilon_cutoff < 1.0,
+            eta_cutoff=config.eta_cutoff is not None and 0.0 < config.eta_cutoff < 1.0,
+        )
+    return [f"{name}={getattr(config, name)!r}" for name, is_set in fields.items() if is_set]
+
+
 def sampling_params(vllm: Any, config: GenerationConfig, num_samples: int, seed: int | None, gen_emb_id: int) -> Any:
     """The ``vllm.SamplingParams`` equivalent to the generation config (greedy unless it samples)."""
     stop = [gen_emb_id, *eos_token_ids(config)]
@@ -259,6 +282,7 @@ def sampling_params(vllm: Any, config: GenerationConfig, num_samples: int, seed:
         "n": num_samples,
         "max_tokens": config.max_new_tokens,
         "stop_token_ids": stop,
+        "min_tokens": config.min_new_tokens or 0,
         "repetition_penalty": config.repetition_penalty or 1.0,
         "seed": seed,
     }
