@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from tests.conftest import gradient
 from tests.hostile import CASES, MAX_URL_BYTES, URL_TIMEOUT, Case, closed_port_url, corpus_model, hostile_env
@@ -176,6 +177,29 @@ def test_a_missing_input_is_one_line_naming_it(tmp_path, capsys):
     assert code == 2
     assert capsys.readouterr().err.splitlines()[-1] == f"error: {tmp_path / 'nonexist.jsonl'}: no such file or folder"
     assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize(
+    ("option", "message"),
+    [
+        (["--device", "gpu"], "device 'gpu' is not a torch device (cpu, cuda, cuda:1, mps, ...)"),
+        (["--model", "./no-such-model"], "model folder ./no-such-model does not exist"),
+        (["--model", str(EXAMPLES / "inputs.jsonl")], "is a file: give an alias, a hub id or a checkpoint folder"),
+    ],
+    ids=["unknown device", "missing model folder", "model file"],
+)
+def test_a_bad_device_or_model_path_is_one_line(tmp_path, capsys, option, message):
+    options = option if option[0] == "--model" else ["--model", "ume-r1-tiny", *option]
+    assert main(["encode", str(EXAMPLES / "inputs.jsonl"), *options, "--output", str(tmp_path / "out")]) == 2
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert line.startswith("error: ") and message in line
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without a CUDA GPU")
+def test_cuda_on_a_machine_without_it_is_one_line(tmp_path, capsys):
+    args = ["encode", str(EXAMPLES / "inputs.jsonl"), "--model", "ume-r1-tiny", "--device", "cuda"]
+    assert main([*args, "--output", str(tmp_path / "out")]) == 2
+    assert capsys.readouterr().err.strip() == "error: device 'cuda': torch finds no CUDA device on this machine"
 
 
 def test_duplicate_ids_are_refused_before_any_work(tmp_path, capsys):

@@ -78,6 +78,15 @@ def test_load_takes_a_raw_checkpoint_and_module_settings(tmp_path, tiny_path):
         ume_plugins.load(str(raw), mode="fast", device="cpu")
 
 
+def test_a_missing_folder_or_an_unknown_device_is_named_before_anything_loads(tmp_path):
+    with pytest.raises(ValueError, match="model folder ./no-such-model does not exist"):
+        ume_plugins.load("./no-such-model")
+    with pytest.raises(ValueError, match=f"model folder {tmp_path / 'gone'} does not exist"):
+        ume_plugins.load(str(tmp_path / "gone"))
+    with pytest.raises(ValueError, match=r"device 'gpu' is not a torch device"):
+        ume_plugins.load("ume-r1-tiny", device="gpu")
+
+
 def test_a_qwen2_vl_without_ume_tokens_is_refused(tmp_path, tiny_path):
     raw = shutil.copytree(tiny_path, tmp_path / "plain")
     tokenizer_file = raw / "tokenizer.json"

@@ -115,6 +115,25 @@ def resolve_name(name: str, revision: str | None = None) -> Resolved | None:
     return Resolved(path=checkpoint.hub_id, revision=revision or checkpoint.revision, checkpoint=checkpoint)
 
 
+def check_local_path(name: str) -> None:
+    """Refuse a model name that can only be a local path when no folder is there.
+
+    Hub ids are ``owner/name``; a name starting with ``.``, ``/`` or ``~``, or with more slashes,
+    is a path, and without this check the hub client would call it a malformed repo id.
+
+    Raises:
+        ValueError: The path is missing or is a file.
+    """
+    key = name.strip().lower()
+    path = Path(name).expanduser()
+    if path.is_dir() or key == TINY_ALIAS or key in ALIASES:
+        return
+    if path.exists():
+        raise ValueError(f"model {name} is a file: give an alias, a hub id or a checkpoint folder")
+    if name.startswith((".", "/", "~")) or name.count("/") > 1 or "\\" in name:
+        raise ValueError(f"model folder {name} does not exist")
+
+
 @dataclass(frozen=True)
 class HubOptions:
     """How files are fetched from the Hugging Face Hub (or found in its cache).

@@ -15,6 +15,28 @@ import torch
 _PREFERRED_DTYPE = {"cuda": torch.bfloat16, "mps": torch.float16}
 
 
+def check_device(device: str | torch.device | None) -> None:
+    """Refuse, before anything loads, a device torch cannot name or this machine does not have.
+
+    Raises:
+        ValueError: Names the device and what is wrong with it.
+    """
+    if device is None:
+        return
+    try:
+        parsed = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise ValueError(f"device {device!r} is not a torch device (cpu, cuda, cuda:1, mps, ...)") from None
+    if parsed.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise ValueError(f"device {device!r}: torch finds no CUDA device on this machine")
+        if (parsed.index or 0) >= count:
+            raise ValueError(f"device {device!r}: this machine has {count} CUDA device(s)")
+    if parsed.type == "mps" and not torch.backends.mps.is_available():
+        raise ValueError(f"device {device!r}: torch finds no MPS device on this machine")
+
+
 def preferred_dtype(device: str | torch.device) -> torch.dtype:
     """The dtype UME-R1 runs in on ``device``."""
     return _PREFERRED_DTYPE.get(torch.device(device).type, torch.float32)

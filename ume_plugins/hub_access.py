@@ -14,7 +14,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from ume_plugins.checkpoints import TINY_ALIAS, resolve_name
+from ume_plugins.checkpoints import TINY_ALIAS, check_local_path, resolve_name
 
 logger = logging.getLogger(__name__)
 PROBE_TIMEOUT_S = 5.0
@@ -33,9 +33,11 @@ def hub_kwargs_for(name: str, timeout: float = PROBE_TIMEOUT_S) -> dict[str, Any
         unreachable but the model is cached.
 
     Raises:
+        ValueError: ``name`` is a path with no folder there.
         HubUnreachableError: The hub is off (``HF_HUB_OFFLINE``) or unreachable and the model is
             not cached; the message says what could not be reached and what to do instead.
     """
+    check_local_path(name)
     if name.strip().lower() == TINY_ALIAS or Path(name).is_dir():
         return {}
     import huggingface_hub

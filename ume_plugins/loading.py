@@ -5,7 +5,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from ume_plugins.checkpoints import MODULE_CLASS_REF, is_ume_r1_checkpoint
+from ume_plugins.checkpoints import MODULE_CLASS_REF, check_local_path, is_ume_r1_checkpoint
+from ume_plugins.device import check_device
 from ume_plugins.engine import BACKENDS
 from ume_plugins.model import UMESentenceTransformer
 from ume_plugins.policy import POLICY_OPTIONS, InputPolicy
@@ -46,9 +47,12 @@ def load(
         A :class:`~ume_plugins.model.UMESentenceTransformer`.
 
     Raises:
-        ValueError: The checkpoint is not UME-R1, or a setting or option is invalid.
+        ValueError: The checkpoint is not UME-R1 or its folder is missing, the device is not there,
+            or a setting or option is invalid.
         ~ume_plugins.adapters.AdapterMismatchError: An adapter does not match the model.
     """
+    check_local_path(name_or_path)
+    check_device(device)
     settings = {key: kwargs.pop(key) for key in list(kwargs) if key in SETTING_NAMES}
     if mode is not None:
         settings["mode"] = check_mode(mode)  # refused before any weight is read
