@@ -107,6 +107,41 @@ def test_bad_folders_fail_clearly(tmp_path, files):
         local_task(tmp_path)
 
 
+@pytest.mark.parametrize(
+    ("row", "message"),
+    [
+        ({"id": "d2", "img": "page1.png"}, r"row 'd2' has unknown key\(s\) \['img'\]"),
+        ({"id": "d2"}, "row 'd2' has no text, image or video"),
+    ],
+    ids=["misspelt key", "empty row"],
+)
+def test_a_corpus_row_that_would_embed_as_nothing_is_refused(tmp_path, files, row, message):
+    # A typo must not be scored as an empty input.
+    files.jsonl(tmp_path / "queries.jsonl", [{"id": "q", "text": "x", "relevant": ["d"]}])
+    files.jsonl(tmp_path / "corpus.jsonl", [{"id": "d", "text": "x"}, row])
+    with pytest.raises(ValueError, match=message) as refused:
+        local_task(tmp_path)
+    assert "corpus.jsonl" in str(refused.value)
+
+
+@pytest.mark.parametrize(
+    ("arguments", "message"),
+    [
+        (["--local", "{missing}"], "a local task folder needs queries.jsonl"),
+        (["--tasks", "NoSuchTask"], "mteb has no such task"),
+        (["--local", "{folder}", "--model", "./no-such-model"], "model folder ./no-such-model does not exist"),
+        (["--local", "{folder}", "--device", "gpu"], "device 'gpu' is not a torch device"),
+    ],
+    ids=["missing folder", "unknown task", "missing model folder", "unknown device"],
+)
+def test_cli_mistakes_are_one_line_and_exit_2(task_folder, tmp_path, capsys, arguments, message):
+    arguments = [arg.format(missing=tmp_path / "nope", folder=task_folder) for arg in arguments]
+    model = [] if "--model" in arguments else ["--model", "ume-r1-tiny"]
+    assert main(["run", *model, *arguments, "--output", str(tmp_path / "out")]) == 2
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert line.startswith("error: ") and message in line
+
+
 def test_cli_run_local_writes_mteb_layout(task_folder, tmp_path, capsys, tiny_path):
     model = ["--model", "ume-r1-tiny", "--mode", "discriminative", "--device", "cpu"]
     assert main(["run", *model, "--local", str(task_folder), "--output", str(tmp_path)]) == 0

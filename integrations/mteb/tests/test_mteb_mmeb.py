@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import logging
 import math
+import shutil
 
 import numpy as np
 import pytest
@@ -117,3 +119,20 @@ def test_summary_table_and_cli(mmeb_root, tmp_path, capsys, tiny_path):
     record = json.loads(output.read_text())
     assert record["scores"]["CIRR"] == pytest.approx(100.0) and record["mode"] == "discriminative"
     assert "| visdoc |" in capsys.readouterr().out
+
+
+def test_misnamed_task_folders_are_named_with_the_closest_task(mmeb_root, disc_encoder, tmp_path, caplog):
+    root = tmp_path / "root"
+    shutil.copytree(mmeb_root / "CIRR", root / "CIRR")
+    (root / "MSRVTT").mkdir()
+    with caplog.at_level(logging.WARNING, logger="ume_mteb"):
+        scores = evaluate_mmeb(disc_encoder, root)
+    assert list(scores) == ["CIRR"]
+    (warning,) = [record.getMessage() for record in caplog.records if "Skipping" in record.getMessage()]
+    assert "MSRVTT (closest task: MSR-VTT)" in warning
+
+
+def test_a_missing_root_is_one_line_and_exit_2(tmp_path, capsys):
+    args = ["mmeb", str(tmp_path / "nope"), "--model", "ume-r1-tiny", "--device", "cpu"]
+    assert main(args) == 2
+    assert capsys.readouterr().err.strip() == f"error: MMEB-V2 root {tmp_path / 'nope'} is not a folder"

@@ -42,7 +42,14 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     args = parser.parse_args(argv)
     _configure_output(args.verbose, quiet_datasets=args.command == "mock-run")
-    return {"run": _run, "mmeb": _mmeb, "mock-run": _mock_run}[args.command](args)
+    try:
+        return {"run": _run, "mmeb": _mmeb, "mock-run": _mock_run}[args.command](args)
+    except ValueError as error:  # bad task folders or names, a missing model folder, an unreachable hub
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
 
 
 def _configure_output(verbose: bool, *, quiet_datasets: bool) -> None:
@@ -68,16 +75,28 @@ def _model_arguments(parser: argparse.ArgumentParser) -> None:
 
 def _load(args: argparse.Namespace):
     from ume_mteb.encoder import load_model
+    from ume_plugins.hub_access import hub_kwargs_for
 
     generation_kwargs = {"max_new_tokens": args.max_new_tokens} if args.max_new_tokens else None
-    return load_model(args.model, mode=args.mode, device=args.device, generation_kwargs=generation_kwargs)
+    # A hub model that cannot be had fails here in seconds, with what to do, not after retries.
+    hub = hub_kwargs_for(args.model)
+    return load_model(args.model, mode=args.mode, device=args.device, generation_kwargs=generation_kwargs, **hub)
 
 
 def _run(args: argparse.Namespace) -> int:
     import mteb
 
-    from ume_mteb.local_task import evaluate_local
+    from ume_mteb.local_task import evaluate_local, local_task
 
+    # Task names and folders are checked before the model loads (minutes for a real checkpoint).
+    tasks = None
+    if args.tasks:
+        try:
+            tasks = mteb.get_tasks(tasks=args.tasks)
+        except KeyError as error:
+            raise ValueError(f"mteb has no such task: {error.args[0]}") from None
+    for folder in args.local or ():
+        local_task(folder)
     model = _load(args)
     cache = mteb.ResultCache(args.output)
     overwrite = "always" if args.overwrite else "only-missing"
@@ -91,7 +110,7 @@ def _run(args: argparse.Namespace) -> int:
     else:
         evaluation = mteb.evaluate(
             model,
-            mteb.get_tasks(tasks=args.tasks),
+            tasks,
             cache=cache,
             overwrite_strategy=overwrite,
             encode_kwargs=encode_kwargs,
@@ -104,10 +123,11 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _mmeb(args: argparse.Namespace) -> int:
-    from ume_mteb.mmeb import evaluate_mmeb, format_table, reported_for, summarise
+    from ume_mteb.mmeb import evaluate_mmeb, format_table, reported_for, summarise, task_folders
 
+    names = task_folders(args.root, args.tasks)  # before the model loads
     model = _load(args)
-    scores = evaluate_mmeb(model, args.root, args.tasks, batch_size=args.batch_size)
+    scores = evaluate_mmeb(model, args.root, names, batch_size=args.batch_size)
     meta = model.mteb_model_meta
     reported = reported_for(meta.name) if model.mode == DEFAULT_MODE and not meta.experiment_kwargs else None
     for name, score in scores.items():

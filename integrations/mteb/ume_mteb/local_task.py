@@ -72,14 +72,15 @@ def local_task(folder: str | Path) -> LocalAny2AnyRetrieval:
     dataset revision is a hash of the files, so changed data never reuses cached results.
 
     Raises:
-        ValueError: Missing files, malformed lines, unknown ids in the qrels, mixed video forms.
+        ValueError: Missing files, malformed lines, rows with unknown keys or nothing to embed,
+            unknown ids in the qrels, mixed video forms.
     """
     from ume_plugins.records import read_records
 
     folder = Path(folder)
     settings = _read_settings(folder / TASK_FILE)
-    queries = read_records(_required(folder / QUERIES_FILE))
-    corpus = read_records(_required(folder / CORPUS_FILE))
+    queries = _checked(read_records(_required(folder / QUERIES_FILE)), folder / QUERIES_FILE, {"relevant"})
+    corpus = _checked(read_records(_required(folder / CORPUS_FILE)), folder / CORPUS_FILE, set())
     qrels = _read_qrels(folder, queries, {key for key, _ in corpus})
     query_modalities, corpus_modalities = _modalities(queries), _modalities(corpus)
     category = f"{_letters(query_modalities)}2{_letters(corpus_modalities)}"
@@ -188,6 +189,18 @@ def _qrel_lines(folder: Path) -> list[tuple[str, str, int]]:
             lines = lines[1:]  # header
         return [(query, corpus, int(score)) for query, corpus, score in lines]
     return []
+
+
+def _checked(records: list[tuple[str, dict]], path: Path, extra_keys: set[str]) -> list[tuple[str, dict]]:
+    """Refuse rows with a key this file does not define, or nothing to embed (a typo must not score)."""
+    allowed = {"text", "image", "video", *extra_keys}
+    for key, row in records:
+        unknown = sorted(set(row) - allowed)
+        if unknown:
+            raise ValueError(f"{path}: row {key!r} has unknown key(s) {unknown} (known: {sorted(allowed)})")
+        if not any(row.get(field) for field in ("text", "image", "video")):
+            raise ValueError(f"{path}: row {key!r} has no text, image or video")
+    return records
 
 
 def _modalities(records: list[tuple[str, dict]]) -> set[str]:

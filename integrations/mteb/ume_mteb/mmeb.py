@@ -19,6 +19,7 @@ modality and meta-task, and the paper's scores.
 
 from __future__ import annotations
 
+import difflib
 import json
 import logging
 import math
@@ -129,21 +130,51 @@ def evaluate_task(
     return 100.0 * float(np.mean(scores))
 
 
+def task_folders(root: str | Path, tasks: Sequence[str] | None = None) -> list[str]:
+    """The MMEB-V2 task folders under ``root`` to score: the named ones, or every one present.
+
+    Folders whose names are not MMEB-V2 tasks are skipped with one warning naming the closest task.
+
+    Raises:
+        ValueError: ``root`` is not a folder, holds no task folder, or a named task is unknown or absent.
+    """
+    root = Path(root)
+    if not root.is_dir():
+        raise ValueError(f"MMEB-V2 root {root} is not a folder")
+    folders = sorted(path.name for path in root.iterdir() if path.is_dir())
+    if tasks:
+        unknown = [name for name in tasks if name not in TASKS]
+        if unknown:
+            raise ValueError(f"{', '.join(unknown)}: not MMEB-V2 task names; known: {sorted(TASKS)}")
+        absent = [name for name in tasks if name not in folders]
+        if absent:
+            raise ValueError(f"no folder for {', '.join(absent)} under {root}")
+        return list(tasks)
+    skipped = [name for name in folders if name not in TASKS]
+    if skipped:
+        closest = {name: difflib.get_close_matches(name, TASKS, n=1) for name in skipped}
+        hints = "; ".join(f"{name} (closest task: {match[0] if match else 'none'})" for name, match in closest.items())
+        logger.warning("Skipping folders under %s that are not MMEB-V2 task names: %s", root, hints)
+    names = [name for name in folders if name in TASKS]
+    if not names:
+        raise ValueError(f"no MMEB-V2 task folders under {root}")
+    return names
+
+
 def evaluate_mmeb(
     encoder: UMER1Encoder, root: str | Path, tasks: Sequence[str] | None = None, *, batch_size: int = 8
 ) -> dict[str, float]:
-    """Score every MMEB-V2 task folder under ``root`` (or the named ones).
+    """Score every MMEB-V2 task folder under ``root`` (or the named ones; see :func:`task_folders`).
 
     Returns:
         Task name to score (0-100).
+
+    Raises:
+        ValueError: See :func:`task_folders`.
     """
-    root = Path(root)
-    names = list(tasks) if tasks else sorted(path.name for path in root.iterdir() if path.name in TASKS)
-    if not names:
-        raise ValueError(f"no MMEB-V2 task folders under {root}")
     results = {}
-    for name in names:
-        results[name] = evaluate_task(encoder, root / name, TASKS.get(name), batch_size=batch_size)
+    for name in task_folders(root, tasks):
+        results[name] = evaluate_task(encoder, Path(root) / name, TASKS[name], batch_size=batch_size)
         logger.info("%s: %.1f", name, results[name])
     return results
 
