@@ -26,7 +26,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     source = run.add_mutually_exclusive_group(required=True)
     source.add_argument("--tasks", nargs="+", help="mteb task names (downloads their datasets)")
     source.add_argument("--local", nargs="+", type=Path, metavar="DIR", help="local task folders (ume_mteb.local_task)")
-    run.add_argument("--output", type=Path, default=Path(DEFAULT_OUTPUT), help="results cache folder")
+    run.add_argument(
+        "--output", type=Path, default=Path(DEFAULT_OUTPUT), help=f"results cache folder (default: {DEFAULT_OUTPUT})"
+    )
     run.add_argument("--batch-size", type=int, default=8)
     run.add_argument("--overwrite", action="store_true", help="re-run tasks that already have results")
 
@@ -94,7 +96,7 @@ def _run(args: argparse.Namespace) -> int:
         try:
             tasks = mteb.get_tasks(tasks=args.tasks)
         except KeyError as error:
-            raise ValueError(f"mteb has no such task: {error.args[0]}") from None
+            raise ValueError(f"mteb has no such task: {str(error.args[0]).removeprefix('KeyError: ')}") from None
     for folder in args.local or ():
         local_task(folder)
     model = _load(args)
