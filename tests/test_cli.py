@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import socket
 import subprocess
@@ -200,6 +201,14 @@ def test_cuda_on_a_machine_without_it_is_one_line(tmp_path, capsys):
     args = ["encode", str(EXAMPLES / "inputs.jsonl"), "--model", "ume-r1-tiny", "--device", "cuda"]
     assert main([*args, "--output", str(tmp_path / "out")]) == 2
     assert capsys.readouterr().err.strip() == "error: device 'cuda': torch finds no CUDA device on this machine"
+
+
+def test_a_job_says_the_forced_gen_emb_count_once_not_once_per_chunk(tmp_path, caplog):
+    args = ["encode", str(EXAMPLES / "inputs.jsonl"), "--model", "ume-r1-tiny", "--output", str(tmp_path / "out")]
+    with caplog.at_level(logging.WARNING, logger="ume_plugins"):
+        assert main([*args, "--chunk-size", "2", "--max-new-tokens", "2", "--no-progress"]) == 0
+    said = [record.getMessage() for record in caplog.records if "without writing <gen_emb>" in record.getMessage()]
+    assert [message.split(" rollouts")[0] for message in said] == ["5 of 5"]
 
 
 def test_duplicate_ids_are_refused_before_any_work(tmp_path, capsys):

@@ -205,8 +205,10 @@ def run_local(job: Job, progress: bool = True) -> JobResult:
         done = len(job.records) - job.inputs_in(pending)
         bar = tqdm(total=len(job.records), initial=done, unit="input", desc="Encoding", disable=not progress)
         instruction, batch_size = job.options.instruction, job.options.batch_size
-        # Our warnings print above the bar, not through it (other loggers keep their own handlers).
-        with bar, logging_redirect_tqdm(loggers=[logging.getLogger("ume_plugins")]):
+        # Our warnings print above the bar, not through it (other loggers keep their own handlers);
+        # the forced-<gen_emb> count is said once for the whole job, not once per chunk.
+        logged = logging_redirect_tqdm(loggers=[logging.getLogger("ume_plugins")])
+        with bar, logged, model[0].forced_gen_emb.once_per_call():
             for index in pending:
                 chunk = chunks.encode_chunk(
                     model, job.chunk_records(index), job.chunk_start(index), instruction, batch_size, bar
