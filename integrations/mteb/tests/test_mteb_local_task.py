@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 
 import mteb
 import pytest
@@ -140,6 +141,15 @@ def test_cli_mistakes_are_one_line_and_exit_2(task_folder, tmp_path, capsys, arg
     assert main(["run", *model, *arguments, "--output", str(tmp_path / "out")]) == 2
     (line,) = capsys.readouterr().err.strip().splitlines()
     assert line.startswith("error: ") and message in line
+
+
+def test_a_generative_run_says_the_forced_gen_emb_count_once(task_folder, tmp_path, caplog):
+    # mteb encodes queries and corpus in calls of their own; the user ran one command.
+    model = ["--model", "ume-r1-tiny", "--mode", "generative", "--device", "cpu", "--max-new-tokens", "2"]
+    with caplog.at_level(logging.WARNING, logger="ume_plugins"):
+        assert main(["run", *model, "--local", str(task_folder), "--output", str(tmp_path)]) == 0
+    said = [record.getMessage() for record in caplog.records if "without writing <gen_emb>" in record.getMessage()]
+    assert len(said) == 1, said
 
 
 def test_cli_run_local_writes_mteb_layout(task_folder, tmp_path, capsys, tiny_path):

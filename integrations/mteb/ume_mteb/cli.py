@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import sys
@@ -85,6 +86,11 @@ def _load(args: argparse.Namespace):
     return load_model(args.model, mode=args.mode, device=args.device, generation_kwargs=generation_kwargs, **hub)
 
 
+def _warned_once(model) -> contextlib.AbstractContextManager:
+    """The run's rollouts that lacked ``<gen_emb>``, counted over every encode call mteb makes and said once."""
+    return model.model[0].forced_gen_emb.once_per_call()
+
+
 def _run(args: argparse.Namespace) -> int:
     import mteb
 
@@ -103,21 +109,18 @@ def _run(args: argparse.Namespace) -> int:
     cache = mteb.ResultCache(args.output)
     overwrite = "always" if args.overwrite else "only-missing"
     encode_kwargs = {"batch_size": args.batch_size}
-    if args.local:
-        results = [
-            evaluate_local(model, folder, cache=cache, overwrite_strategy=overwrite, encode_kwargs=encode_kwargs)
-            for folder in args.local
-        ]
-        failed = False
-    else:
-        evaluation = mteb.evaluate(
-            model,
-            tasks,
-            cache=cache,
-            overwrite_strategy=overwrite,
-            encode_kwargs=encode_kwargs,
-        )
-        results, failed = evaluation.task_results, bool(evaluation.exceptions)
+    with _warned_once(model):
+        if args.local:
+            results = [
+                evaluate_local(model, folder, cache=cache, overwrite_strategy=overwrite, encode_kwargs=encode_kwargs)
+                for folder in args.local
+            ]
+            failed = False
+        else:
+            evaluation = mteb.evaluate(
+                model, tasks, cache=cache, overwrite_strategy=overwrite, encode_kwargs=encode_kwargs
+            )
+            results, failed = evaluation.task_results, bool(evaluation.exceptions)
     for result in results:
         path = cache.get_task_result_path(result.task_name, model.mteb_model_meta)
         print(f"{result.task_name}: {result.get_score():.4f} ({path})")
@@ -129,7 +132,8 @@ def _mmeb(args: argparse.Namespace) -> int:
 
     names = task_folders(args.root, args.tasks)  # before the model loads
     model = _load(args)
-    scores = evaluate_mmeb(model, args.root, names, batch_size=args.batch_size)
+    with _warned_once(model):
+        scores = evaluate_mmeb(model, args.root, names, batch_size=args.batch_size)
     meta = model.mteb_model_meta
     reported = reported_for(meta.name) if model.mode == DEFAULT_MODE and not meta.experiment_kwargs else None
     for name, score in scores.items():
@@ -145,7 +149,9 @@ def _mmeb(args: argparse.Namespace) -> int:
 def _mock_run(args: argparse.Namespace) -> int:
     import mteb
 
-    results = mteb.mock_run(_load(args))
+    model = _load(args)
+    with _warned_once(model):
+        results = mteb.mock_run(model)
     print(results.to_markdown())
     return 0 if results.all_passed else 1
 
