@@ -65,8 +65,23 @@ def test_a_prompt_too_long_even_without_its_text_names_the_input(limited):
 
 
 def test_the_default_limit_leaves_room_for_the_reasoning_budget(module):
+    positions = module.model.config.text_config.max_position_embeddings
     assert module.max_length is None
-    assert module.prompt_token_limit == module.max_seq_length - module.max_new_tokens
+    assert module.prompt_token_limit == module.max_seq_length == positions - module.max_new_tokens
+
+
+def test_max_seq_length_reads_and_sets_the_prompt_limit_as_sentence_transformers_users_do(limited, tiny_path):
+    import ume_plugins
+
+    model = ume_plugins.load("ume-r1-tiny", device="cpu")
+    model.max_seq_length = LIMIT  # SentenceTransformer's own property, forwarded to the module
+    assert model[0].max_length == LIMIT and model.max_seq_length == LIMIT
+    long_text = "word " * 400
+    np.testing.assert_allclose(
+        model.encode(long_text, mode="discriminative"), limited.encode(long_text, mode="discriminative")
+    )
+    model.max_seq_length = None
+    assert model.max_seq_length == model[0].prompt_token_limit > LIMIT
 
 
 def test_max_length_is_saved_validated_and_reloaded(limited, tmp_path):

@@ -81,7 +81,8 @@ class UMER1Embedder(SettingsAttributes, AdapterMixin, InputModule):
         self.model = Qwen2VLForConditionalGeneration.from_pretrained(
             model_name_or_path, **hub.for_transformers(), **self._device_choice.load_kwargs
         ).eval()
-        self.ume_processor = UMEProcessor.from_pretrained(self.name_or_path, self.max_seq_length, hub, processor_kwargs)
+        max_positions = self.model.config.text_config.max_position_embeddings
+        self.ume_processor = UMEProcessor.from_pretrained(self.name_or_path, max_positions, hub, processor_kwargs)
         self.processor = self.ume_processor.processor
         spec = EngineSpec.from_tokenizer(self.tokenizer, model_name_or_path, revision=hub.revision)
         self._engine = Engine(spec, self.tokenizer)
@@ -107,13 +108,20 @@ class UMER1Embedder(SettingsAttributes, AdapterMixin, InputModule):
 
     @property
     def max_seq_length(self) -> int:
-        """Longest token sequence the decoder is configured for."""
-        return self.model.config.text_config.max_position_embeddings
+        """The longest prompt in tokens, as sentence-transformers reads it (:attr:`prompt_token_limit`).
+
+        Setting it sets ``max_length``; ``None`` gives back the room the reasoning budget leaves.
+        """
+        return self.prompt_token_limit
+
+    @max_seq_length.setter
+    def max_seq_length(self, value: int | None) -> None:
+        self.max_length = value
 
     @property
     def prompt_token_limit(self) -> int:
         """The longest prompt accepted (see :meth:`EmbeddingSettings.prompt_token_limit`)."""
-        return self.settings.prompt_token_limit(self.max_seq_length)
+        return self.settings.prompt_token_limit(self.ume_processor.max_positions)
 
     def get_embedding_dimension(self) -> int:
         """Size of the vectors: the decoder's hidden size."""
