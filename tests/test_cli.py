@@ -211,6 +211,16 @@ def test_a_job_says_the_forced_gen_emb_count_once_not_once_per_chunk(tmp_path, c
     assert [message.split(" rollouts")[0] for message in said] == ["5 of 5"]
 
 
+def test_a_job_whose_every_input_fails_exits_1_and_says_so(tmp_path, capsys):
+    source = tmp_path / "in.jsonl"
+    source.write_text('{"id": "a", "image": "missing.png"}\n{"id": "b", "video": "gone.mp4"}\n')
+    assert main(["encode", str(source), "--model", "ume-r1-tiny", "--output", str(tmp_path / "out")]) == 1
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        "error: none of the 2 inputs could be embedded (see errors.jsonl)"
+    )
+    assert len((tmp_path / "out" / "errors.jsonl").read_text().splitlines()) == 2
+
+
 def test_duplicate_ids_are_refused_before_any_work(tmp_path, capsys):
     source = tmp_path / "dup.jsonl"
     source.write_text('{"id": "a", "text": "x"}\n{"id": "b", "text": "y"}\n{"id": "a", "text": "z"}\n')

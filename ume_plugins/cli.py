@@ -1,9 +1,10 @@
 """Command line: ``ume-plugins encode`` (the main job) and ``ume-plugins build-tiny``.
 
 ``encode`` never lets one input cost the rest of the job, nor a crash the finished work: an input
-that cannot be read is skipped and recorded in ``errors.jsonl``, and the output is written in
-chunks that a re-run of the same command resumes from (see :mod:`ume_plugins.encode_job`), in
-this process or on a Ray cluster (``--ray``, see :mod:`ume_plugins.distributed`).
+that cannot be read is skipped and recorded in ``errors.jsonl`` (the exit status is 1 only when
+every input was), and the output is written in chunks that a re-run of the same command resumes
+from (see :mod:`ume_plugins.encode_job`), in this process or on a Ray cluster (``--ray``, see
+:mod:`ume_plugins.distributed`).
 
 This module imports nothing heavy: ``--help`` and ``--version`` answer at once, and torch and
 the host libraries load only when a command runs.
@@ -74,6 +75,9 @@ def encode_command(args: argparse.Namespace) -> int:
     skipped = f"; skipped {result.skipped} (see errors.jsonl)" if result.skipped else ""
     disc = "; discriminative vectors in disc_embeddings.npy" if result.mode == "both" else ""
     print(f"Embedded {result.count} inputs ({result.mode}, dim {result.dim}) into {result.output}{skipped}{disc}")
+    if result.skipped and not result.count:  # every input failed: a script must not read this as success
+        print(f"error: none of the {result.skipped} inputs could be embedded (see errors.jsonl)", file=sys.stderr)
+        return 1
     return 0
 
 
