@@ -87,6 +87,19 @@ def test_a_missing_folder_or_an_unknown_device_is_named_before_anything_loads(tm
         ume_plugins.load("ume-r1-tiny", device="gpu")
 
 
+def test_a_misspelt_option_is_refused_naming_the_closest_one():
+    with pytest.raises(TypeError, match=r"unknown option\(s\): max_new_token \(did you mean max_new_tokens\?\)"):
+        ume_plugins.load("ume-r1-tiny", device="cpu", max_new_token=3)
+
+
+def test_the_vllm_backend_without_vllm_is_refused_at_load(monkeypatch):
+    from ume_plugins.engine import vllm
+
+    monkeypatch.setattr(vllm, "is_vllm_available", lambda: False)
+    with pytest.raises(ImportError, match=r'pip install "ume-plugins\[vllm\]"'):
+        ume_plugins.load("ume-r1-tiny", device="cpu", backend="vllm")
+
+
 def test_a_qwen2_vl_without_ume_tokens_is_refused(tmp_path, tiny_path):
     raw = shutil.copytree(tiny_path, tmp_path / "plain")
     tokenizer_file = raw / "tokenizer.json"
