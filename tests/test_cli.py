@@ -51,7 +51,7 @@ def test_a_malformed_jsonl_line_is_reported(tmp_path, capsys):
     source = tmp_path / "bad.jsonl"
     source.write_text('{"text": "ok"}\n{not json}\n')
     assert main(["encode", str(source), "--model", "ume-r1-tiny", "--output", str(tmp_path / "out")]) == 2
-    assert "line 2: invalid JSON" in capsys.readouterr().err
+    assert f"{source}, line 2: invalid JSON" in capsys.readouterr().err
 
 
 def test_build_tiny_writes_a_checkpoint(tmp_path):
@@ -63,7 +63,7 @@ def test_a_malformed_or_non_utf8_jsonl_line_is_reported(tmp_path, capsys):
     source = tmp_path / "bad.jsonl"
     source.write_bytes(b'{"text": "ok"}\n{"text": "caf\xe9"}\n')
     assert main(["encode", str(source), "--model", "ume-r1-tiny", "--output", str(tmp_path / "out")]) == 2
-    assert "line 2: not valid UTF-8" in capsys.readouterr().err
+    assert f"{source}, line 2: not valid UTF-8" in capsys.readouterr().err
 
 
 def cli_line(case: Case, env) -> dict | None:

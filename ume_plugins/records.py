@@ -64,7 +64,7 @@ def read_records(source: Path) -> list[Record]:
     elif source.is_dir():
         records, places = _folder_records(source), None  # relative paths: unique by construction
     else:
-        numbered = [(_jsonl_record(line, number, source.parent), number) for number, line in _jsonl_lines(source)]
+        numbered = [(_jsonl_record(line, number, source), number) for number, line in _jsonl_lines(source)]
         records, places = [record for record, _ in numbered], [f"line {number}" for _, number in numbered]
     if not records:
         raise ValueError(f"nothing to embed in {source}")
@@ -107,22 +107,22 @@ def _jsonl_lines(path: Path) -> Iterator[tuple[int, str]]:
             try:
                 line = data.decode("utf-8-sig" if number == 1 else "utf-8")
             except UnicodeDecodeError as error:
-                raise ValueError(f"line {number}: not valid UTF-8 (bad byte at offset {error.start})") from None
+                raise ValueError(f"{path}, line {number}: not valid UTF-8 (bad byte at offset {error.start})") from None
             if line.strip():
                 yield number, line
 
 
-def _jsonl_record(line: str, number: int, base: Path) -> Record:
+def _jsonl_record(line: str, number: int, source: Path) -> Record:
     try:
         row = json.loads(line)
     except json.JSONDecodeError as error:
-        raise ValueError(f"line {number}: invalid JSON ({error.msg})") from None
+        raise ValueError(f"{source}, line {number}: invalid JSON ({error.msg})") from None
     if not isinstance(row, dict):
-        raise ValueError(f"line {number}: expected a JSON object")
+        raise ValueError(f"{source}, line {number}: expected a JSON object")
     key = str(row.pop("id", number))
     for field in ("image", "video"):
         if field in row:
-            row[field] = _resolve_paths(row[field], base)
+            row[field] = _resolve_paths(row[field], source.parent)
     return key, row
 
 
