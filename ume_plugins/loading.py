@@ -12,7 +12,7 @@ from sentence_transformers import SentenceTransformer
 from ume_plugins.checkpoints import MODULE_CLASS_REF, check_local_path, is_ume_r1_checkpoint
 from ume_plugins.device import check_device
 from ume_plugins.engine import BACKENDS
-from ume_plugins.engine.vllm import import_vllm
+from ume_plugins.engine.vllm import require_vllm
 from ume_plugins.model import UMESentenceTransformer
 from ume_plugins.policy import POLICY_OPTIONS, InputPolicy
 from ume_plugins.settings import SETTING_NAMES, check_mode
@@ -69,7 +69,7 @@ def load(
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
     if backend == "vllm":
-        import_vllm()  # missing vLLM is said at load, with what to install, not at the first encode
+        require_vllm()  # missing vLLM is said at load, with what to install, not at the first encode
     model = UMESentenceTransformer(name_or_path, device=device, **kwargs)
     module = model[0]
     module.policy, module.backend, module.vllm_kwargs = policy, backend, vllm_kwargs

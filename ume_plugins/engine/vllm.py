@@ -43,14 +43,23 @@ def is_vllm_available() -> bool:
     return importlib.util.find_spec("vllm") is not None
 
 
-def import_vllm() -> Any:
-    """The ``vllm`` module.
+def require_vllm() -> None:
+    """Say at once, without importing it (seconds), that vLLM is missing.
 
     Raises:
         ImportError: vLLM is not installed; says what to install.
     """
     if not is_vllm_available():
         raise ImportError(f"backend='vllm' needs vLLM, which is not installed: {INSTALL_HINT}")
+
+
+def import_vllm() -> Any:
+    """The ``vllm`` module.
+
+    Raises:
+        ImportError: vLLM is not installed; says what to install.
+    """
+    require_vllm()
     import vllm
 
     return vllm
