@@ -48,7 +48,7 @@ def published_layout(tiny: Path, folder: Path) -> Path:
     flat["rope_scaling"] = {"type": "mrope", "mrope_section": rope["mrope_section"]}
     flat["torch_dtype"] = flat.pop("dtype")
     vision = flat["vision_config"]
-    vision.pop("rope_parameters")
+    vision.pop("rope_parameters", None)  # written by newer transformers only
     vision.update(in_chans=vision.pop("in_channels"), model_type="qwen2_vl")
     (folder / "config.json").write_text(json.dumps(flat, indent=2))
 
