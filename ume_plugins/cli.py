@@ -93,6 +93,8 @@ def build_tiny_command(args: argparse.Namespace) -> int:
 def parser() -> argparse.ArgumentParser:
     """The ``ume-plugins`` argument parser."""
     from ume_plugins import __version__
+    from ume_plugins.fetch import FetchPolicy
+    from ume_plugins.settings import EmbeddingSettings
 
     root = argparse.ArgumentParser(prog="ume-plugins", description="UME-R1 multimodal embeddings")
     root.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
@@ -108,20 +110,43 @@ def parser() -> argparse.ArgumentParser:
         "--mode",
         choices=["generative", "discriminative", "both"],
         default=None,
-        help="both: also writes the discriminative vectors to disc_embeddings.npy",
+        help="both: also writes the discriminative vectors to disc_embeddings.npy (default: the model's)",
     )
     encode.add_argument("--instruction", default=None, help="task instruction placed before each text")
-    encode.add_argument("--batch-size", type=_positive, default=8)
     encode.add_argument(
-        "--chunk-size", type=_positive, default=64, help="inputs per saved chunk: the most work a crash can lose"
+        "--batch-size", type=_positive, default=8, help="inputs per forward pass (default: %(default)s)"
     )
-    encode.add_argument("--max-new-tokens", type=_positive, default=None, help="reasoning budget (generative mode)")
     encode.add_argument(
-        "--max-length", type=_positive, default=None, help="longest prompt in tokens; longer texts are truncated"
+        "--chunk-size",
+        type=_positive,
+        default=64,
+        help="inputs per saved chunk: the most work a crash can lose (default: %(default)s)",
+    )
+    encode.add_argument(
+        "--max-new-tokens",
+        type=_positive,
+        default=None,
+        help=f"reasoning budget in tokens (default: the model's, {EmbeddingSettings.max_new_tokens} for UME-R1)",
+    )
+    encode.add_argument(
+        "--max-length",
+        type=_positive,
+        default=None,
+        help="longest prompt in tokens; longer texts are truncated (default: what the reasoning budget leaves)",
     )
     encode.add_argument("--no-network", action="store_true", help="refuse http(s) URL inputs (they are skipped)")
-    encode.add_argument("--url-timeout", type=float, default=None, help="seconds allowed for URL connects and reads")
-    encode.add_argument("--max-url-bytes", type=_positive, default=None, help="largest URL body accepted")
+    encode.add_argument(
+        "--url-timeout",
+        type=float,
+        default=None,
+        help=f"seconds allowed for URL connects and reads (default: {FetchPolicy.timeout:g})",
+    )
+    encode.add_argument(
+        "--max-url-bytes",
+        type=_positive,
+        default=None,
+        help=f"largest URL body in bytes (default: {FetchPolicy.max_bytes})",
+    )
     encode.add_argument("--no-progress", action="store_true", help="hide the progress bars")
     encode.add_argument("--device", default=None, help="device of a local run (default: the best available)")
     ray = encode.add_argument_group("Ray cluster (needs pip install 'ume-plugins[ray]')")
