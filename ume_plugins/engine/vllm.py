@@ -27,6 +27,7 @@ from transformers import GenerationConfig
 
 from ume_plugins.engine.base import OnMissing, Rollout, assemble, eos_token_ids, missing_gen_emb_error
 from ume_plugins.engine.continuation import states_after
+from ume_plugins.engine.generation_config import order_fields
 from ume_plugins.engine.sampling import call_seed
 
 logger = logging.getLogger(__name__)
@@ -268,13 +269,8 @@ def phase_one_requests(tokenizer: Any, features: dict[str, torch.Tensor], items:
 
 def unsupported_fields(config: GenerationConfig) -> list[str]:
     """The config's score-changing fields, set, that :func:`sampling_params` has no vLLM equivalent for."""
-    fields = {
-        "sequence_bias": config.sequence_bias is not None,
-        "no_repeat_ngram_size": bool(config.no_repeat_ngram_size),
-        "bad_words_ids": config.bad_words_ids is not None,
-        "suppress_tokens": config.suppress_tokens is not None,
-        "min_length": bool(config.min_length),
-    }
+    fields = dict.fromkeys(order_fields(config), True)
+    fields.update(suppress_tokens=config.suppress_tokens is not None, min_length=bool(config.min_length))
     if config.do_sample:
         fields.update(
             typical_p=config.typical_p is not None and config.typical_p < 1.0,

@@ -103,8 +103,7 @@ def _run(args: argparse.Namespace) -> int:
             tasks = mteb.get_tasks(tasks=args.tasks)
         except KeyError as error:
             raise ValueError(f"mteb has no such task: {str(error.args[0]).removeprefix('KeyError: ')}") from None
-    for folder in args.local or ():
-        local_task(folder)
+    local_tasks = [local_task(folder) for folder in args.local or ()]
     model = _load(args)
     cache = mteb.ResultCache(args.output)
     overwrite = "always" if args.overwrite else "only-missing"
@@ -112,8 +111,8 @@ def _run(args: argparse.Namespace) -> int:
     with _warned_once(model):
         if args.local:
             results = [
-                evaluate_local(model, folder, cache=cache, overwrite_strategy=overwrite, encode_kwargs=encode_kwargs)
-                for folder in args.local
+                evaluate_local(model, task, cache=cache, overwrite_strategy=overwrite, encode_kwargs=encode_kwargs)
+                for task in local_tasks
             ]
             failed = False
         else:

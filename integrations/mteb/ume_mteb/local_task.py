@@ -35,6 +35,8 @@ TASK_FILE = "task.json"
 # Category letters in the order mteb writes them ("vt2t", "it2i", ...).
 _LETTERS = (("video", "v"), ("audio", "a"), ("image", "i"), ("text", "t"))
 _TASK_KEYS = {"name", "description", "instruction", "main_score", "eval_langs"}
+# What a query or corpus row may embed.
+_FIELDS = ("text", "image", "video")
 
 
 class LocalAny2AnyRetrieval(AbsTaskRetrieval):
@@ -103,7 +105,7 @@ def local_task(folder: str | Path) -> LocalAny2AnyRetrieval:
 
 def evaluate_local(
     model: MTEBModels,
-    folder: str | Path,
+    folder: str | Path | LocalAny2AnyRetrieval,
     *,
     cache: ResultCache | None = None,
     overwrite_strategy: str = "only-missing",
@@ -113,7 +115,7 @@ def evaluate_local(
 
     Args:
         model: An mteb encoder (e.g. from :func:`ume_mteb.load_model`).
-        folder: The task folder.
+        folder: The task folder, or the task :func:`local_task` read from it.
         cache: Where results are written, in mteb's layout
             (``results/<model>/<revision>/[experiments/<kwargs>/]<task>.json``); None writes nothing.
         overwrite_strategy: mteb's overwrite strategy (``"only-missing"``, ``"always"``, ...);
@@ -125,7 +127,7 @@ def evaluate_local(
     """
     import mteb
 
-    task = local_task(folder)
+    task = folder if isinstance(folder, LocalAny2AnyRetrieval) else local_task(folder)
     if cache is not None and overwrite_strategy == "only-missing":
         cached = cache.load_task_result(task.metadata.name, model.mteb_model_meta)
         # mteb reuses complete results whatever their dataset revision; local data may have changed
@@ -193,18 +195,18 @@ def _qrel_lines(folder: Path) -> list[tuple[str, str, int]]:
 
 def _checked(records: list[tuple[str, dict]], path: Path, extra_keys: set[str]) -> list[tuple[str, dict]]:
     """Refuse rows with a key this file does not define, or nothing to embed (a typo must not score)."""
-    allowed = {"text", "image", "video", *extra_keys}
+    allowed = {*_FIELDS, *extra_keys}
     for key, row in records:
         unknown = sorted(set(row) - allowed)
         if unknown:
             raise ValueError(f"{path}: row {key!r} has unknown key(s) {unknown} (known: {sorted(allowed)})")
-        if not any(row.get(field) for field in ("text", "image", "video")):
+        if not any(row.get(field) for field in _FIELDS):
             raise ValueError(f"{path}: row {key!r} has no text, image or video")
     return records
 
 
 def _modalities(records: list[tuple[str, dict]]) -> set[str]:
-    return {key for _, row in records for key in ("text", "image", "video") if row.get(key)}
+    return {key for _, row in records for key in _FIELDS if row.get(key)}
 
 
 def _letters(modalities: set[str]) -> str:
