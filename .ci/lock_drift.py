@@ -2,9 +2,8 @@
 
     python .ci/lock_drift.py VENV
 
-.ci/compat runs it on the newest edge: when the registry's newest versions are exactly the lock's,
-that venv holds what the locked suite has just passed, and running the suite again proves nothing.
-The lines it prints name the packages that moved, which is what a red newest edge is about.
+.ci/compat runs it on the newest edge before that edge's suite: the lines it prints name the
+packages that moved since the lock, which is what a red newest edge is about.
 """
 
 import re
@@ -45,8 +44,8 @@ def drift(locked: dict[str, str], installed: dict[str, str]) -> list[str]:
 def main() -> int:
     """Print the drift of the venv named by the first argument; 0 when there is none."""
     lines = drift(locked_versions(), installed_versions(Path(sys.argv[1])))
-    if lines:
-        print(f"{sys.argv[1]} differs from requirements/lock.txt:")
+    verdict = "differs from requirements/lock.txt:" if lines else "matches requirements/lock.txt"
+    print(f"{sys.argv[1]} {verdict}")
     for line in lines:
         print(f"  {line}")
     return 1 if lines else 0
